@@ -1,0 +1,214 @@
+//! weir-limit against governor, in the same run.
+//!
+//! (a) one limit, one key, ns per decision, vs governor's direct limiter;
+//! (b) 100k keys, one limit, vs governor's keyed limiter;
+//! (c) a 3-limit policy (org + IP + user), weir only (goal: under 3x (a));
+//! (d) 2 threads, 100k keys, aggregate time per decision, vs governor keyed.
+//!
+//! Quotas are generous so every decision is an admit (the path real traffic takes);
+//! both libraries read their real clocks.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use governor::{Quota as GQuota, RateLimiter};
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir_limit::{Dimension, LimitDef, Limiter, MemoryStore, Policy, Quota, Request, SystemClock};
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => unreachable!("the memory store never waits"),
+    }
+}
+
+const KEYS: usize = 100_000;
+
+fn big() -> Quota {
+    Quota::per_second(1_000_000_000).expect("quota")
+}
+
+fn gbig() -> GQuota {
+    GQuota::per_second(NonZeroU32::MAX)
+}
+
+fn limiter(limits: Vec<LimitDef>) -> Limiter<MemoryStore, SystemClock> {
+    Limiter::new(
+        Policy::new(limits).expect("policy"),
+        MemoryStore::new(4 * KEYS),
+        SystemClock::default(),
+    )
+}
+
+fn keys() -> Vec<String> {
+    (0..KEYS).map(|i| format!("key-{i:06}")).collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let keys = keys();
+
+    let mut g = c.benchmark_group("a_one_limit_one_key");
+    g.throughput(Throughput::Elements(1));
+    let weir = limiter(vec![LimitDef::rate(
+        "org",
+        &[Dimension::Organisation],
+        big(),
+    )]);
+    let policy = weir.policy();
+    let req = Request {
+        organisation: Some("acme"),
+        ..Request::default()
+    };
+    g.bench_function("weir", |b| {
+        b.iter(|| block_on(weir.check_with(&policy, black_box(&req))).map(|d| d.is_admitted()))
+    });
+    let gov = RateLimiter::direct(gbig());
+    g.bench_function("governor_direct", |b| {
+        b.iter(|| black_box(&gov).check().is_ok())
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("b_100k_keys_one_limit");
+    g.throughput(Throughput::Elements(1));
+    let weir = limiter(vec![LimitDef::rate("ip", &[Dimension::ClientIp], big())]);
+    let policy = weir.policy();
+    for k in &keys {
+        let _ = block_on(weir.check_with(
+            &policy,
+            &Request {
+                client_ip: Some(k),
+                ..Request::default()
+            },
+        ));
+    }
+    let mut i = 0usize;
+    g.bench_function("weir", |b| {
+        b.iter(|| {
+            i = (i + 7919) % KEYS;
+            block_on(weir.check_with(
+                &policy,
+                &Request {
+                    client_ip: Some(&keys[i]),
+                    ..Request::default()
+                },
+            ))
+            .map(|d| d.is_admitted())
+        })
+    });
+    let gov = RateLimiter::keyed(gbig());
+    for k in &keys {
+        let _ = gov.check_key(k);
+    }
+    let mut i = 0usize;
+    g.bench_function("governor_keyed", |b| {
+        b.iter(|| {
+            i = (i + 7919) % KEYS;
+            gov.check_key(&keys[i]).is_ok()
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("c_three_limits_org_ip_user");
+    g.throughput(Throughput::Elements(1));
+    let weir = limiter(vec![
+        LimitDef::rate("org", &[Dimension::Organisation], big()),
+        LimitDef::rate("ip", &[Dimension::ClientIp], big()),
+        LimitDef::rate("user", &[Dimension::User], big()),
+    ]);
+    let policy = weir.policy();
+    let mut i = 0usize;
+    g.bench_function("weir", |b| {
+        b.iter(|| {
+            i = (i + 7919) % KEYS;
+            let r = Request {
+                organisation: Some(&keys[i % 1000]),
+                client_ip: Some(&keys[i]),
+                user: Some(&keys[(i * 31) % KEYS]),
+                ..Request::default()
+            };
+            block_on(weir.check_with(&policy, &r)).map(|d| d.is_admitted())
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("d_two_threads_100k_keys");
+    g.throughput(Throughput::Elements(1));
+    let keys = Arc::new(keys);
+    let weir = Arc::new(limiter(vec![LimitDef::rate(
+        "ip",
+        &[Dimension::ClientIp],
+        big(),
+    )]));
+    let gov = Arc::new(RateLimiter::keyed(gbig()));
+    g.bench_function("weir", |b| {
+        b.iter_custom(|iters| {
+            let policy = weir.policy();
+            two_threads(iters, &keys, |k| {
+                block_on(weir.check_with(
+                    &policy,
+                    &Request {
+                        client_ip: Some(k),
+                        ..Request::default()
+                    },
+                ))
+                .is_ok_and(|d| d.is_admitted())
+            })
+        })
+    });
+    g.bench_function("governor_keyed", |b| {
+        b.iter_custom(|iters| two_threads_owned(iters, &keys, |k| gov.check_key(k).is_ok()))
+    });
+    g.finish();
+}
+
+/// Runs `iters` decisions split over two threads; returns the wall time, so the reported
+/// time per element is the *aggregate* time per decision (1 / decisions per second).
+fn two_threads(iters: u64, keys: &Arc<Vec<String>>, f: impl Fn(&str) -> bool + Sync) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let f = &f;
+            let keys = keys.clone();
+            s.spawn(move || {
+                let mut i = (t as usize) * 50_000;
+                for _ in 0..iters / 2 {
+                    i = (i + 7919) % KEYS;
+                    black_box(f(&keys[i]));
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+/// [`two_threads`] for a limiter keyed by `String` (governor): the key is borrowed, not
+/// copied, so neither side pays an allocation the other does not.
+fn two_threads_owned(
+    iters: u64,
+    keys: &Arc<Vec<String>>,
+    f: impl Fn(&String) -> bool + Sync,
+) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let f = &f;
+            let keys = keys.clone();
+            s.spawn(move || {
+                let mut i = (t as usize) * 50_000;
+                for _ in 0..iters / 2 {
+                    i = (i + 7919) % KEYS;
+                    black_box(f(&keys[i]));
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
