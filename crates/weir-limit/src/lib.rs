@@ -15,20 +15,14 @@
 //!
 //! ```
 //! use weir_limit::{Dimension, LimitDef, Limiter, ManualClock, MemoryStore, Policy, Quota, Request};
-//! # fn block_on<F: std::future::Future>(f: F) -> F::Output {
-//! #     let mut f = std::pin::pin!(f);
-//! #     match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
-//! #         std::task::Poll::Ready(v) => v,
-//! #         std::task::Poll::Pending => unreachable!(),
-//! #     }
-//! # }
 //! let policy = Policy::new(vec![
 //!     LimitDef::rate("ip-10s", &[Dimension::ClientIp], Quota::new(50, std::time::Duration::from_secs(10))?),
 //! ])?;
 //! let clock = ManualClock::at_unix_secs(1_700_000_000);
 //! let limiter = Limiter::new(policy, MemoryStore::default(), clock.clone());
 //! let request = Request { client_ip: Some("203.0.113.7"), ..Request::default() };
-//! let decision = block_on(limiter.check(&request))?;
+//! // The memory store never waits, so its decisions are ready on the first poll.
+//! let decision = weir_limit::poll_ready(limiter.check(&request)).expect("ready")?;
 //! assert!(decision.is_admitted());
 //! assert_eq!(decision.limiting_status().map(|s| s.remaining), Some(49));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -50,3 +44,17 @@ pub use policy::{
 pub use quota::{Quota, QuotaError};
 pub use store::memory::MemoryStore;
 pub use store::{CheckItem, Op, Store, StoreDecision, StoreError, StoreErrorKind};
+
+/// Polls a future once and returns its output if it is ready.
+///
+/// Decisions on the [`MemoryStore`] never wait, so synchronous callers (benchmarks, tests,
+/// a synchronous embedding) can take them without an async runtime. `None` means the
+/// future is not ready (a store that does I/O needs a real executor).
+pub fn poll_ready<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}

@@ -6,14 +6,7 @@ use std::sync::Arc;
 use weir_limit::{Dimension, LimitDef, Limiter, ManualClock, MemoryStore, Policy, Quota, Request};
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    match f
-        .as_mut()
-        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-    {
-        std::task::Poll::Ready(v) => v,
-        std::task::Poll::Pending => panic!("the memory store never waits"),
-    }
+    weir_limit::poll_ready(f).expect("the memory store never waits")
 }
 
 const THREADS: usize = 4;

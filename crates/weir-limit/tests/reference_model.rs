@@ -112,14 +112,7 @@ impl Model {
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    match f
-        .as_mut()
-        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-    {
-        std::task::Poll::Ready(v) => v,
-        std::task::Poll::Pending => panic!("the memory store never waits"),
-    }
+    weir_limit::poll_ready(f).expect("the memory store never waits")
 }
 
 fn limit_spec() -> impl Strategy<Value = LimitSpec> {

@@ -8,13 +8,12 @@ use weir_limit::{
     Policy, Quota, Request, Store,
 };
 
-/// Polls a future to completion on this thread. The memory store is always ready; stores
-/// that do I/O bring their own runtime and block inside it.
+/// Runs a store's decision to completion on this thread (the memory store is always
+/// ready; a store that does I/O blocks inside its own runtime before returning).
 pub fn block_on<F: Future>(f: F) -> F::Output {
     let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+        if let Some(v) = weir_limit::poll_ready(f.as_mut()) {
             return v;
         }
         std::thread::yield_now();
