@@ -42,7 +42,7 @@ pub use policy::{
     Request,
 };
 pub use quota::{Quota, QuotaError};
-pub use store::memory::MemoryStore;
+pub use store::memory::{MemoryStats, MemoryStore};
 pub use store::{CheckItem, Op, Store, StoreDecision, StoreError, StoreErrorKind};
 
 /// Polls a future once and returns its output if it is ready.

@@ -5,7 +5,7 @@ use crate::clock::{ceil_secs, Clock, Nanos, SystemClock};
 use crate::gcra;
 use crate::policy::{LimitKind, Policy, Request};
 use crate::store::memory::MemoryStore;
-use crate::store::{CheckItem, Op, Store, StoreError};
+use crate::store::{CheckItem, Op, Store, StoreDecision, StoreError};
 use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 use std::borrow::Cow;
@@ -243,59 +243,23 @@ impl<S: Store, C: Clock> Limiter<S, C> {
         request: &Request<'_>,
     ) -> Result<Decision, LimitError> {
         let now = self.clock.now();
-        let cost = request.cost.max(1);
-        let mut planned: SmallVec<[Planned<'_>; 4]> = SmallVec::new();
-        let mut never = false;
-        for (index, def) in policy.limits.iter().enumerate() {
-            if !request.matches(def) {
-                continue;
-            }
-            let Some(scope) = request.scope_key(def) else {
-                continue;
-            };
-            match &def.kind {
-                LimitKind::Rate(q) => {
-                    let Some(quota) = q.resolve(request.plan) else {
-                        continue;
-                    };
-                    never |= cost > quota.count();
-                    planned.push(Planned {
-                        index: u32::try_from(index).unwrap_or(u32::MAX),
-                        window_secs: u32::try_from(quota.window_secs()).unwrap_or(u32::MAX),
-                        scope,
-                        op: Op::Rate {
-                            emission_ns: quota.emission_ns(),
-                            capacity_ns: quota.capacity_ns(),
-                            cost,
-                        },
-                    });
-                }
-                LimitKind::Concurrency(m) => {
-                    let Some(max) = m.resolve(request.plan) else {
-                        continue;
-                    };
-                    planned.push(Planned {
-                        index: u32::try_from(index).unwrap_or(u32::MAX),
-                        window_secs: 0,
-                        scope,
-                        op: Op::Acquire { max: max.get() },
-                    });
-                }
-            }
-        }
-        let items: SmallVec<[CheckItem<'_>; 4]> = planned
-            .iter()
-            .map(|p| CheckItem {
-                limit: &policy.limits[p.index as usize].name,
-                scope: &p.scope,
-                op: p.op,
-            })
-            .collect();
+        let mut planned = SmallVec::new();
+        let (cost, never) = plan(policy, request, &mut planned);
         if never {
             // Never touch the store for a request that can never pass.
             return Ok(self.never_decision(now, &planned, cost));
         }
+        let items = items(policy, &planned);
         let decided = self.store.decide(now, &items).await?;
+        Ok(self.finish(policy, &planned, &decided))
+    }
+
+    fn finish(
+        &self,
+        policy: &Policy,
+        planned: &[Planned<'_>],
+        decided: &StoreDecision,
+    ) -> Decision {
         let now = decided.now;
         let mut limits: SmallVec<[LimitStatus; 4]> = SmallVec::with_capacity(planned.len());
         let mut retry_after = Duration::ZERO;
@@ -377,7 +341,7 @@ impl<S: Store, C: Clock> Limiter<S, C> {
         } else {
             None
         };
-        Ok(Decision {
+        Decision {
             outcome: if decided.admitted {
                 Outcome::Admitted
             } else {
@@ -392,7 +356,7 @@ impl<S: Store, C: Clock> Limiter<S, C> {
             limits,
             limiting,
             permit,
-        })
+        }
     }
 
     fn never_decision(&self, now: Nanos, planned: &[Planned<'_>], cost: u64) -> Decision {
@@ -435,5 +399,84 @@ impl<S: Store, C: Clock> Limiter<S, C> {
             limiting,
             permit: None,
         }
+    }
+}
+
+/// Resolves which limits apply to `request` and with what quota: `(plan, cost, never)`.
+fn plan<'r>(
+    policy: &'r Policy,
+    request: &Request<'r>,
+    planned: &mut SmallVec<[Planned<'r>; 4]>,
+) -> (u64, bool) {
+    let cost = request.cost.max(1);
+    let mut never = false;
+    for (index, def) in policy.limits.iter().enumerate() {
+        if !request.matches(def) {
+            continue;
+        }
+        let Some(scope) = request.scope_key(def) else {
+            continue;
+        };
+        match &def.kind {
+            LimitKind::Rate(q) => {
+                let Some(quota) = q.resolve(request.plan) else {
+                    continue;
+                };
+                never |= cost > quota.count();
+                planned.push(Planned {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    window_secs: u32::try_from(quota.window_secs()).unwrap_or(u32::MAX),
+                    scope,
+                    op: Op::Rate {
+                        emission_ns: quota.emission_ns(),
+                        capacity_ns: quota.capacity_ns(),
+                        cost,
+                    },
+                });
+            }
+            LimitKind::Concurrency(m) => {
+                let Some(max) = m.resolve(request.plan) else {
+                    continue;
+                };
+                planned.push(Planned {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    window_secs: 0,
+                    scope,
+                    op: Op::Acquire { max: max.get() },
+                });
+            }
+        }
+    }
+    (cost, never)
+}
+
+fn items<'p>(policy: &'p Policy, planned: &'p [Planned<'_>]) -> SmallVec<[CheckItem<'p>; 4]> {
+    planned
+        .iter()
+        .map(|p| CheckItem {
+            limit: &policy.limits[p.index as usize].name,
+            scope: &p.scope,
+            op: p.op,
+        })
+        .collect()
+}
+
+impl<C: Clock> Limiter<MemoryStore, C> {
+    /// [`Limiter::check_with`] without a future: the in-memory store decides synchronously,
+    /// so the embedded default pays for no async machinery at all.
+    pub fn check_now(
+        &self,
+        policy: &Policy,
+        request: &Request<'_>,
+    ) -> Result<Decision, LimitError> {
+        let now = self.clock.now();
+        let mut planned = SmallVec::new();
+        let (cost, never) = plan(policy, request, &mut planned);
+        if never {
+            return Ok(self.never_decision(now, &planned, cost));
+        }
+        let items = items(policy, &planned);
+        let decided = self.store.decide_now(now, &items)?;
+        Ok(self.finish(policy, &planned, &decided))
     }
 }
