@@ -82,6 +82,8 @@ pub struct Decision {
     pub limiting: Option<usize>,
     /// Concurrency slots held while the request runs; dropping it releases them.
     pub permit: Option<Permit>,
+    /// Whether the store decided under its failure policy (e.g. Redis unreachable).
+    pub degraded: bool,
 }
 
 impl Decision {
@@ -118,6 +120,8 @@ pub enum LimitError {
 /// Gives concurrency slots back when the request is done (or dropped).
 pub struct Permit {
     releaser: Arc<dyn Release>,
+    lease: u64,
+    first_scope: Box<str>,
     slots: SmallVec<[(Box<str>, Box<str>); 1]>,
 }
 
@@ -132,19 +136,20 @@ impl std::fmt::Debug for Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         for (limit, scope) in &self.slots {
-            self.releaser.release(limit, scope);
+            self.releaser
+                .release(limit, scope, &self.first_scope, self.lease);
         }
     }
 }
 
 /// Object-safe release, so a [`Permit`] does not carry the store's type.
 trait Release: Send + Sync {
-    fn release(&self, limit: &str, scope: &str);
+    fn release(&self, limit: &str, scope: &str, first_scope: &str, lease: u64);
 }
 
 impl<S: Store> Release for S {
-    fn release(&self, limit: &str, scope: &str) {
-        Store::release(self, limit, scope);
+    fn release(&self, limit: &str, scope: &str, first_scope: &str, lease: u64) {
+        Store::release(self, limit, scope, first_scope, lease);
     }
 }
 
@@ -336,6 +341,8 @@ impl<S: Store, C: Clock> Limiter<S, C> {
                 .collect();
             (!slots.is_empty()).then(|| Permit {
                 releaser: self.store.clone(),
+                lease: decided.lease,
+                first_scope: planned.first().map_or("", |p| p.scope.as_ref()).into(),
                 slots,
             })
         } else {
@@ -356,6 +363,7 @@ impl<S: Store, C: Clock> Limiter<S, C> {
             limits,
             limiting,
             permit,
+            degraded: decided.degraded,
         }
     }
 
@@ -398,6 +406,7 @@ impl<S: Store, C: Clock> Limiter<S, C> {
             limits,
             limiting,
             permit: None,
+            degraded: false,
         }
     }
 }

@@ -224,6 +224,8 @@ impl MemoryStore {
                 now,
                 admitted: true,
                 values: SmallVec::new(),
+                lease: 0,
+                degraded: false,
             }),
             [one] => self.decide_one(now, one),
             many => self.decide_many(now, many),
@@ -244,6 +246,8 @@ impl MemoryStore {
                         now,
                         admitted,
                         values,
+                        lease: 0,
+                        degraded: false,
                     });
                 }
             }
@@ -255,6 +259,8 @@ impl MemoryStore {
                     now,
                     admitted: false,
                     values,
+                    lease: 0,
+                    degraded: false,
                 });
             }
             self.insert(hash, item, now)?;
@@ -401,6 +407,8 @@ fn decide_claimed(now: Nanos, items: &[CheckItem<'_>], slots: &[&Slot]) -> Store
         now,
         admitted,
         values,
+        lease: 0,
+        degraded: false,
     }
 }
 
@@ -413,7 +421,7 @@ impl Store for MemoryStore {
         std::future::ready(self.decide_now(now, items))
     }
 
-    fn release(&self, limit: &str, scope: &str) {
+    fn release(&self, limit: &str, scope: &str, _first_scope: &str, _lease: u64) {
         let probe = CheckItem {
             limit,
             scope,

@@ -8,6 +8,8 @@
 //! policy code, and the same test suite runs against every store.
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use crate::clock::Nanos;
 use smallvec::SmallVec;
@@ -77,6 +79,11 @@ pub struct StoreDecision {
     pub admitted: bool,
     /// Per item: the counter after the decision (when admitted) or as it stands (when not).
     pub values: SmallVec<[u64; 4]>,
+    /// The lease id concurrency slots were taken under (0 when none); give it back to
+    /// [`Store::release`].
+    pub lease: u64,
+    /// Whether the store fell back to its local failure policy (e.g. Redis unreachable).
+    pub degraded: bool,
 }
 
 /// What went wrong in a store.
@@ -129,9 +136,11 @@ pub trait Store: Send + Sync + 'static {
         items: &'a [CheckItem<'a>],
     ) -> impl Future<Output = Result<StoreDecision, StoreError>> + Send + 'a;
 
-    /// Gives back one concurrency slot taken by an admitted [`Op::Acquire`]. Synchronous
-    /// so it can run from `Drop`; a remote store queues the release.
-    fn release(&self, limit: &str, scope: &str);
+    /// Gives back one concurrency slot taken by an admitted [`Op::Acquire`] under `lease`.
+    /// `first_scope` is the scope of the decision's first item (what a partitioned store
+    /// keys its slot by). Synchronous so it can run from `Drop`; a remote store sends the
+    /// release in the background.
+    fn release(&self, limit: &str, scope: &str, first_scope: &str, lease: u64);
 
     /// A short name for logs and metrics (`memory`, `redis`).
     fn name(&self) -> &'static str;

@@ -3,6 +3,8 @@
 //! Each test is written once, generic over a store factory; `memory` runs them on the
 //! embedded store. A new backend adds one module that calls [`suite::all`] with its factory.
 
+#[path = "../support/redis_server.rs"]
+mod redis_server;
 mod suite;
 
 mod memory {
@@ -17,6 +19,57 @@ mod memory {
     fn store_suite_one_shard() {
         // Every key in one shard: exercises repeated-shard locking in multi-limit decisions.
         super::suite::all(|| MemoryStore::with_shards(1000, 1));
+    }
+}
+
+/// A fresh key prefix per store, so each suite case starts from empty counters.
+fn prefix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("suite{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+mod redis_single {
+    use weir_limit::store::redis::{RedisConfig, RedisStore, TimeSource};
+
+    #[test]
+    fn store_suite() {
+        let server = super::redis_server::RedisServer::start();
+        let rt = super::runtime();
+        let _guard = rt.enter();
+        super::suite::all(|| {
+            let mut cfg = RedisConfig::single(server.url());
+            cfg.time = TimeSource::Caller;
+            cfg.prefix = super::prefix();
+            cfg.deadline = std::time::Duration::from_secs(2);
+            rt.block_on(RedisStore::connect(cfg)).expect("connect")
+        });
+    }
+}
+
+mod redis_cluster {
+    use weir_limit::store::redis::{RedisConfig, RedisStore, TimeSource};
+
+    #[test]
+    fn store_suite() {
+        let cluster = super::redis_server::RedisCluster::start();
+        let rt = super::runtime();
+        let _guard = rt.enter();
+        super::suite::all(|| {
+            let mut cfg = RedisConfig::cluster(cluster.urls());
+            cfg.time = TimeSource::Caller;
+            cfg.prefix = super::prefix();
+            cfg.deadline = std::time::Duration::from_secs(2);
+            rt.block_on(RedisStore::connect(cfg)).expect("connect")
+        });
     }
 }
 
