@@ -108,6 +108,8 @@ pub enum Category {
     /// `REQUEST_*` and `IDEMPOTENCY_*`: weir's own codes for edge validation, which the
     /// reference documents leave to each API.
     Request,
+    /// `UPSTREAM_*`: weir's own codes for what a gateway sees of its upstream.
+    Upstream,
 }
 
 /// One machine-readable error code.
@@ -167,11 +169,12 @@ codes! {
     "REQUEST_TOO_LARGE" Request 413 false "The request body is larger than allowed.";
     "REQUEST_MEDIA_TYPE_UNSUPPORTED" Request 415 false "The request media type is not supported.";
     "REQUEST_NOT_FOUND" Request 404 false "No route matches this path.";
-    "REQUEST_COST_EXCEEDS_LIMIT" Request 429 false "The request costs more than the limit can ever allow.";
+    "REQUEST_COST_EXCEEDS_LIMIT" Request 413 false "The request costs more than the limit can ever allow; split it into smaller batches.";
     "IDEMPOTENCY_KEY_INVALID" Request 400 false "The Idempotency-Key header is invalid.";
     "IDEMPOTENCY_KEY_MISSING" Request 400 false "This endpoint requires an Idempotency-Key header.";
     "IDEMPOTENCY_IN_PROGRESS" Request 409 true "A request with this Idempotency-Key is still being processed.";
     "IDEMPOTENCY_KEY_REUSED" Request 422 false "This Idempotency-Key was used with a different request.";
+    "UPSTREAM_TIMEOUT" Upstream 504 true "The upstream service did not answer in time.";
 }
 
 /// Looks an error code up (exact, case-sensitive: codes are identifiers).
@@ -208,6 +211,7 @@ mod tests {
                     assert!(prefix == "REQUEST" || prefix == "IDEMPOTENCY", "{}", c.code);
                     continue;
                 }
+                Category::Upstream => "UPSTREAM",
             };
             assert_eq!(prefix, expected, "{}", c.code);
         }

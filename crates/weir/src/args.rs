@@ -16,6 +16,38 @@ pub struct Cli {
 pub enum Command {
     /// Explain an API error response: its dialect, codes, and whether and when to retry.
     Explain(ExplainArgs),
+    /// Run the gateway: a reverse proxy enforcing the contract in front of your API.
+    Serve(ServeArgs),
+    /// Print the hash of an API key, to put in the config's `hash = "…"`. Reads the key
+    /// from standard input when it is not given (keeps it out of shell history).
+    HashKey(HashKeyArgs),
+}
+
+/// `weir serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The configuration file (TOML); see docs/configuration.md.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: std::path::PathBuf,
+
+    /// Overrides `server.listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Overrides `server.admin_listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<std::net::SocketAddr>,
+
+    /// Check the configuration and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// `weir hash-key`.
+#[derive(Debug, Args)]
+pub struct HashKeyArgs {
+    /// The key; read from standard input when absent.
+    pub key: Option<String>,
 }
 
 /// `weir explain`.

@@ -5,6 +5,7 @@
 
 mod args;
 mod explain;
+mod serve;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -27,6 +28,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         args::Command::Explain(a) => explain::run(a),
+        args::Command::Serve(a) => serve::run(a),
+        args::Command::HashKey(a) => serve::hash_key(a),
     };
     match result {
         Ok(code) => code,

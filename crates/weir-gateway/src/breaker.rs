@@ -1,0 +1,212 @@
+//! A circuit breaker per upstream.
+//!
+//! *Closed*: requests pass; outcomes are counted in a sliding window of ten buckets. When
+//! at least `min_requests` were seen in the window and the failure ratio reaches
+//! `failure_ratio`, it *opens*: requests fail fast with 503 `SERVICE_CIRCUIT_OPEN` and a
+//! Retry-After until `open_for` has passed. Then it is *half-open*: up to
+//! `half_open_probes` requests go through; one success closes it, one failure opens it
+//! again. Time is an argument (`now`), so tests are exact.
+
+use crate::config::BreakerConfig;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// The breaker's answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Go ahead (`probe`: this request is a half-open probe).
+    Allowed {
+        /// Whether it is a probe.
+        probe: bool,
+    },
+    /// Fail fast; the breaker may let requests through after this wait.
+    Open {
+        /// Until the next probe.
+        retry_after: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Closed,
+    Open { until: Instant },
+    HalfOpen { probes: u64 },
+}
+
+#[derive(Debug)]
+struct State {
+    phase: Phase,
+    buckets: VecDeque<(Instant, u64, u64)>,
+}
+
+/// One upstream's breaker.
+#[derive(Debug)]
+pub struct Breaker {
+    config: BreakerConfig,
+    state: Mutex<State>,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(config: BreakerConfig) -> Breaker {
+        Breaker {
+            config,
+            state: Mutex::new(State {
+                phase: Phase::Closed,
+                buckets: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// 0 closed, 1 open, 2 half-open (for the metrics gauge).
+    pub fn state_code(&self) -> u8 {
+        match self.state.lock().phase {
+            Phase::Closed => 0,
+            Phase::Open { .. } => 1,
+            Phase::HalfOpen { .. } => 2,
+        }
+    }
+
+    /// May a request go to the upstream now?
+    pub fn admit(&self, now: Instant) -> Admission {
+        let mut s = self.state.lock();
+        match s.phase {
+            Phase::Closed => Admission::Allowed { probe: false },
+            Phase::Open { until } if now < until => Admission::Open {
+                retry_after: until - now,
+            },
+            Phase::Open { .. } => {
+                s.phase = Phase::HalfOpen { probes: 1 };
+                Admission::Allowed { probe: true }
+            }
+            Phase::HalfOpen { probes } if probes < self.config.half_open_probes => {
+                s.phase = Phase::HalfOpen { probes: probes + 1 };
+                Admission::Allowed { probe: true }
+            }
+            Phase::HalfOpen { .. } => Admission::Open {
+                retry_after: Duration::from_secs(1),
+            },
+        }
+    }
+
+    /// Records an outcome.
+    pub fn record(&self, now: Instant, success: bool, probe: bool) {
+        let mut s = self.state.lock();
+        if probe || matches!(s.phase, Phase::HalfOpen { .. }) {
+            if success {
+                s.phase = Phase::Closed;
+                s.buckets.clear();
+            } else {
+                s.phase = Phase::Open {
+                    until: now + self.config.open_for,
+                };
+            }
+            return;
+        }
+        if !matches!(s.phase, Phase::Closed) {
+            return;
+        }
+        let width = (self.config.window / 10).max(Duration::from_millis(1));
+        while s
+            .buckets
+            .front()
+            .is_some_and(|(t, _, _)| now.saturating_duration_since(*t) >= self.config.window)
+        {
+            s.buckets.pop_front();
+        }
+        match s.buckets.back_mut() {
+            Some((t, ok, fail)) if now.saturating_duration_since(*t) < width => {
+                if success {
+                    *ok += 1;
+                } else {
+                    *fail += 1;
+                }
+            }
+            _ => s
+                .buckets
+                .push_back((now, u64::from(success), u64::from(!success))),
+        }
+        let (ok, fail) = s
+            .buckets
+            .iter()
+            .fold((0, 0), |(a, b), (_, o, f)| (a + o, b + f));
+        let total = ok + fail;
+        if total >= self.config.min_requests
+            && fail as f64 >= self.config.failure_ratio * total as f64
+        {
+            s.phase = Phase::Open {
+                until: now + self.config.open_for,
+            };
+            s.buckets.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker() -> Breaker {
+        Breaker::new(BreakerConfig {
+            failure_ratio: 0.5,
+            window: Duration::from_secs(10),
+            min_requests: 4,
+            open_for: Duration::from_secs(5),
+            half_open_probes: 1,
+        })
+    }
+
+    #[test]
+    fn opens_on_failure_ratio_then_probes_and_closes() {
+        let b = breaker();
+        let t0 = Instant::now();
+        b.record(t0, true, false);
+        b.record(t0, false, false);
+        b.record(t0, false, false);
+        assert_eq!(
+            b.admit(t0),
+            Admission::Allowed { probe: false },
+            "3 < min_requests"
+        );
+        b.record(t0, false, false);
+        assert_eq!(
+            b.admit(t0 + Duration::from_secs(1)),
+            Admission::Open {
+                retry_after: Duration::from_secs(4)
+            }
+        );
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(b.admit(t1), Admission::Allowed { probe: true });
+        assert!(
+            matches!(b.admit(t1), Admission::Open { .. }),
+            "one probe at a time"
+        );
+        b.record(t1, false, true);
+        assert!(
+            matches!(b.admit(t1), Admission::Open { .. }),
+            "a failed probe reopens"
+        );
+        let t2 = t1 + Duration::from_secs(5);
+        assert_eq!(b.admit(t2), Admission::Allowed { probe: true });
+        b.record(t2, true, true);
+        assert_eq!(b.admit(t2), Admission::Allowed { probe: false });
+        assert_eq!(b.state_code(), 0);
+    }
+
+    #[test]
+    fn old_failures_leave_the_window() {
+        let b = breaker();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.record(t0, false, false);
+        }
+        let later = t0 + Duration::from_secs(11);
+        b.record(later, false, false);
+        assert_eq!(
+            b.admit(later),
+            Admission::Allowed { probe: false },
+            "only 1 failure in the window"
+        );
+    }
+}

@@ -1,0 +1,991 @@
+//! The request pipeline.
+//!
+//! For every request, in order:
+//! 1. request id and trace context;
+//! 2. route, by longest path prefix (404 otherwise); method (405 with `Allow`);
+//! 3. identity (401 with `WWW-Authenticate`, 403 for a missing scope);
+//! 4. cheap validation from headers (411, 413 by `Content-Length`, 415);
+//! 5. the body, when the route needs it whole (JSON, idempotency, batch cost), read up to
+//!    the route's limit and no further (413, 400 naming the JSON error's position);
+//! 6. every applicable rate and concurrency limit at once (429 with Retry-After; 503 if
+//!    the limit store is down and fails closed). Every request is counted once, including
+//!    ones refused above — so failed authentication counts against the client's IP;
+//! 7. idempotency (409 while running, 422 for a reused key, replay with
+//!    `Idempotent-Replayed: true`);
+//! 8. the upstream's circuit breaker (503 `SERVICE_CIRCUIT_OPEN`), then the proxy call
+//!    (504 on timeout, 502 on refused or reset connections).
+//!
+//! Every response, errors included, carries `X-Request-Id` and the rate-limit headers of
+//! the decision; errors carry the request id in their body.
+
+use crate::breaker::{Admission, Breaker};
+use crate::client_ip::client_ip;
+use crate::config::{Config, CostFrom, RouteConfig, StoreConfig};
+use crate::idempotency::{self, Begin, IdempotencyStore, StoredResponse};
+use crate::identity::{self, ApiKey, AuthFailure};
+use crate::respond::{self, Refusal};
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use weir_contract::headers::{request_id::is_valid_request_id, TraceParent};
+use weir_contract::Dialect;
+use weir_limit::store::redis::RedisStore;
+use weir_limit::{
+    Decision, LimitError, Limiter, MemoryStore, MethodClass, Outcome, Policy, SystemClock,
+};
+
+/// A gateway that cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The limit store could not be set up.
+    #[error("rate-limit store: {0}")]
+    Store(String),
+    /// The idempotency database could not be opened.
+    #[error("{0}")]
+    Idempotency(#[from] idempotency::IdempotencyError),
+    /// A listener or the demo upstream could not start.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A reload that changes what only a restart can change.
+    #[error("{0}")]
+    Reload(String),
+}
+
+/// The limiter on whichever store the configuration chose.
+pub enum AnyLimiter {
+    /// Embedded.
+    Memory(Limiter<MemoryStore, SystemClock>),
+    /// Redis.
+    Redis(Limiter<RedisStore, SystemClock>),
+}
+
+impl AnyLimiter {
+    async fn check(
+        &self,
+        policy: &Policy,
+        req: &weir_limit::Request<'_>,
+    ) -> Result<Decision, LimitError> {
+        match self {
+            AnyLimiter::Memory(l) => l.check_now(policy, req),
+            AnyLimiter::Redis(l) => l.check_with(policy, req).await,
+        }
+    }
+
+    fn set_policy(&self, policy: Policy) {
+        match self {
+            AnyLimiter::Memory(l) => l.set_policy(policy),
+            AnyLimiter::Redis(l) => l.set_policy(policy),
+        }
+    }
+
+    /// The store's name (`memory`, `redis`).
+    pub fn store_name(&self) -> &'static str {
+        match self {
+            AnyLimiter::Memory(_) => "memory",
+            AnyLimiter::Redis(_) => "redis",
+        }
+    }
+}
+
+/// What a reload can replace: everything but the listeners and the stores.
+pub struct Runtime {
+    /// The configuration.
+    pub config: Config,
+    policy: Arc<Policy>,
+    upstream_urls: BTreeMap<String, String>,
+    breakers: BTreeMap<String, Arc<Breaker>>,
+}
+
+/// The gateway.
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    limiter: AnyLimiter,
+    idempotency: Option<Arc<IdempotencyStore>>,
+    client: Client<HttpConnector, Body>,
+    demo_url: Option<String>,
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP {
+        h.remove(name);
+    }
+    for name in listed {
+        h.remove(name);
+    }
+}
+
+/// Per-request state that the response needs.
+struct Ctx {
+    request_id: String,
+    dialect: Dialect,
+    route: Option<String>,
+    key_id: Option<String>,
+    decision: Option<Decision>,
+    upstream_ms: Option<f64>,
+}
+
+/// A response, or a refusal still to be rendered.
+type Step<T> = Result<T, Refusal>;
+
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+}
+
+/// Human names for the document formats of reference 004.
+fn format_name(media: &str) -> String {
+    match media {
+        "application/pdf" => "PDF".into(),
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document" => "DOCX".into(),
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet" => "XLSX".into(),
+        "text/plain" => "TXT".into(),
+        "text/csv" => "CSV".into(),
+        "application/json" => "JSON".into(),
+        "text/html" => "HTML".into(),
+        "text/markdown" => "MD".into(),
+        other => other.to_owned(),
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    for chunk in out.chunks_mut(16) {
+        let u = uuid::Uuid::new_v4();
+        chunk.copy_from_slice(&u.as_bytes()[..chunk.len()]);
+    }
+    out
+}
+
+impl Gateway {
+    /// Builds a gateway: connects the store, opens the idempotency database, starts the
+    /// demo upstream when a route uses it.
+    pub async fn new(config: Config) -> Result<Arc<Gateway>, GatewayError> {
+        let limiter = match &config.store {
+            StoreConfig::Memory { max_keys } => AnyLimiter::Memory(Limiter::new(
+                config.policy.clone(),
+                MemoryStore::new(*max_keys),
+                SystemClock::default(),
+            )),
+            StoreConfig::Redis(rc) => {
+                let store = RedisStore::connect(rc.clone())
+                    .await
+                    .map_err(|e| GatewayError::Store(e.to_string()))?;
+                AnyLimiter::Redis(Limiter::new(
+                    config.policy.clone(),
+                    store,
+                    SystemClock::default(),
+                ))
+            }
+        };
+        let idempotency = if config.routes.iter().any(|r| r.idempotency) {
+            let c = &config.idempotency;
+            let (path, ttl, lock) = (c.path.clone(), c.ttl, c.lock_timeout);
+            let store =
+                tokio::task::spawn_blocking(move || IdempotencyStore::open(&path, ttl, lock))
+                    .await
+                    .map_err(|e| GatewayError::Store(e.to_string()))??;
+            Some(Arc::new(store))
+        } else {
+            None
+        };
+        let demo_url = if config.upstreams.values().any(|u| u.url == "builtin:demo") {
+            Some(crate::demo::start().await?.0)
+        } else {
+            None
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let gateway = Gateway {
+            runtime: ArcSwap::from_pointee(Runtime::new(config, demo_url.as_deref(), None)),
+            limiter,
+            idempotency,
+            client,
+            demo_url,
+        };
+        Ok(Arc::new(gateway))
+    }
+
+    /// The current runtime configuration.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// The limiter.
+    pub fn limiter(&self) -> &AnyLimiter {
+        &self.limiter
+    }
+
+    /// Replaces keys, routes, limits and upstreams without dropping connections or limiter
+    /// state (counters carry over by limit name). Listeners and stores need a restart.
+    pub fn reload(&self, config: Config) -> Result<(), GatewayError> {
+        let old = self.runtime.load_full();
+        let o = &old.config;
+        if o.listen != config.listen || o.admin_listen != config.admin_listen {
+            return Err(GatewayError::Reload(
+                "server.listen and server.admin_listen change only on restart".into(),
+            ));
+        }
+        if o.store != config.store {
+            return Err(GatewayError::Reload(
+                "[store] changes only on restart".into(),
+            ));
+        }
+        if config.upstreams.values().any(|u| u.url == "builtin:demo") && self.demo_url.is_none() {
+            return Err(GatewayError::Reload(
+                "the builtin demo upstream can only be added on restart".into(),
+            ));
+        }
+        if config.routes.iter().any(|r| r.idempotency) && self.idempotency.is_none() {
+            return Err(GatewayError::Reload(
+                "enabling idempotency needs a restart".into(),
+            ));
+        }
+        self.limiter.set_policy(config.policy.clone());
+        self.runtime.store(Arc::new(Runtime::new(
+            config,
+            self.demo_url.as_deref(),
+            Some(&old),
+        )));
+        Ok(())
+    }
+
+    /// Answers one request from `peer`.
+    pub async fn handle(&self, req: Request<Body>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let rt = self.runtime.load_full();
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| is_valid_request_id(v))
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        let accept_problem = req
+            .headers()
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("application/problem+json"));
+        let mut ctx = Ctx {
+            request_id,
+            dialect: rt.config.dialect,
+            route: None,
+            key_id: None,
+            decision: None,
+            upstream_ms: None,
+        };
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let result = self
+            .pipeline(&rt, &mut ctx, req, peer, accept_problem)
+            .await;
+        let dialect = if accept_problem {
+            Dialect::Problem
+        } else {
+            ctx.dialect
+        };
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(refusal) => respond::render(
+                &refusal,
+                dialect,
+                &ctx.request_id,
+                &rt.config.error_type_base,
+            ),
+        };
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+            h.insert("x-request-id", v);
+        }
+        if let Some(d) = &ctx.decision {
+            respond::apply_limit_headers(h, d, &rt.policy, rt.config.ratelimit_fields);
+        }
+        let status = resp.status().as_u16();
+        let code = resp
+            .headers()
+            .get("x-weir-error")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        resp.headers_mut().remove("x-weir-error");
+        let route = ctx.route.as_deref().unwrap_or("(none)").to_owned();
+        let elapsed = started.elapsed();
+        metrics::counter!("weir_requests_total", "route" => route.clone(), "status" => status.to_string(), "code" => code.clone()).increment(1);
+        metrics::histogram!("weir_request_duration_seconds", "route" => route.clone())
+            .record(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "weir::access",
+            request_id = %ctx.request_id,
+            key_id = ctx.key_id.as_deref().unwrap_or("-"),
+            route = %route,
+            method = %method,
+            path = %path,
+            status,
+            code = %code,
+            latency_ms = elapsed.as_secs_f64() * 1e3,
+            upstream_ms = ctx.upstream_ms.unwrap_or(-1.0),
+            "request"
+        );
+        // Concurrency slots are held until the response body has been sent.
+        if let Some(permit) = ctx.decision.and_then(|d| d.permit) {
+            let (parts, body) = resp.into_parts();
+            resp = Response::from_parts(parts, Body::new(crate::body::Holding::new(body, permit)));
+        }
+        resp
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn count(
+        &self,
+        rt: &Runtime,
+        ctx: &mut Ctx,
+        key: Option<&ApiKey>,
+        route: Option<&RouteConfig>,
+        method: &Method,
+        ip: &str,
+        cost: u64,
+    ) -> Step<()> {
+        let req = weir_limit::Request {
+            organisation: key.map(|k| k.organisation.as_str()),
+            api_key: key.map(|k| k.id.as_str()),
+            user: key.map(|k| k.user.as_str()),
+            client_ip: Some(ip),
+            route: route.map(|r| r.name.as_str()),
+            method: MethodClass::of(method.as_str()),
+            plan: key.map(|k| k.plan.as_str()),
+            cost,
+        };
+        let decision = match self.limiter.check(&rt.policy, &req).await {
+            Ok(d) => d,
+            Err(e) => {
+                metrics::counter!("weir_limiter_decisions_total", "outcome" => "error")
+                    .increment(1);
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "rate-limit store unavailable");
+                return Err(Refusal::code("SERVICE_UNAVAILABLE")
+                    .message("Rate limits cannot be checked right now.")
+                    .hint("Retry after the advertised delay.")
+                    .retry_after(1));
+            }
+        };
+        let outcome = match decision.outcome {
+            Outcome::Admitted => "admitted",
+            Outcome::Rejected => "rejected",
+            Outcome::CostExceedsLimit => "cost_exceeds_limit",
+        };
+        metrics::counter!("weir_limiter_decisions_total", "outcome" => outcome).increment(1);
+        let refusal = match decision.outcome {
+            Outcome::Admitted => None,
+            Outcome::Rejected => Some(respond::rate_limited(&decision, &rt.policy)),
+            Outcome::CostExceedsLimit => {
+                let limit = decision.limiting_status().map_or(0, |s| s.limit);
+                Some(Refusal::code("REQUEST_COST_EXCEEDS_LIMIT").hint(format!(
+                    "This request costs {cost}; the most any request may cost here is {limit}. Split it into batches of at most {limit}."
+                )))
+            }
+        };
+        ctx.decision = Some(decision);
+        refusal.map_or(Ok(()), Err)
+    }
+
+    async fn pipeline(
+        &self,
+        rt: &Runtime,
+        ctx: &mut Ctx,
+        req: Request<Body>,
+        peer: SocketAddr,
+        accept_problem: bool,
+    ) -> Step<Response<Body>> {
+        let (parts, body) = req.into_parts();
+        let ip: IpAddr = client_ip(peer.ip(), &parts.headers, &rt.config.trusted_proxies);
+        let ip_text = ip.to_string();
+        let method = parts.method.clone();
+
+        // 2. Route and method.
+        let path = parts.uri.path();
+        let Some(route) = rt.config.routes.iter().find(|r| {
+            path == r.prefix
+                || path
+                    .strip_prefix(r.prefix.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        }) else {
+            self.count(rt, ctx, None, None, &method, &ip_text, 1)
+                .await?;
+            return Err(
+                Refusal::code("REQUEST_NOT_FOUND").message(format!("No route serves {path}."))
+            );
+        };
+        ctx.route = Some(route.name.clone());
+        ctx.dialect = route.dialect;
+        if !route.methods.iter().any(|m| m == method.as_str()) {
+            self.count(rt, ctx, None, Some(route), &method, &ip_text, 1)
+                .await?;
+            let allow = route.methods.join(", ");
+            let mut r = Refusal::code("REQUEST_METHOD_NOT_ALLOWED").message(format!(
+                "{method} is not allowed on {}; use {allow}.",
+                route.prefix
+            ));
+            r.allow = Some(allow);
+            return Err(r);
+        }
+
+        // 3. Identity.
+        let key = if route.auth {
+            match identity::authenticate(
+                &rt.config.keys,
+                identity::presented_key(&parts.headers),
+                SystemTime::now(),
+            ) {
+                Ok(k) => Some(k),
+                Err(failure) => {
+                    self.count(rt, ctx, None, Some(route), &method, &ip_text, 1)
+                        .await?;
+                    return Err(match failure {
+                        AuthFailure::Missing => Refusal::code("AUTH_HEADER_MISSING")
+                            .message("No API key was sent.")
+                            .hint("Send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."),
+                        AuthFailure::Invalid => Refusal::code("AUTH_TOKEN_INVALID")
+                            .message("The API key is not valid.")
+                            .hint("Check that the whole key was sent and that it has not been revoked."),
+                        AuthFailure::Expired => Refusal::code("AUTH_TOKEN_EXPIRED")
+                            .message("The API key has expired.")
+                            .hint("Create a new key and retry with it."),
+                    });
+                }
+            }
+        } else {
+            None
+        };
+        ctx.key_id = key.map(|k| k.id.clone());
+        if let Some(k) = key {
+            if let Some(missing) = route.scopes.iter().find(|s| !k.scopes.contains(s)) {
+                self.count(rt, ctx, Some(k), Some(route), &method, &ip_text, 1)
+                    .await?;
+                return Err(Refusal::code("AUTH_SCOPE_MISSING")
+                    .message(format!(
+                        "This key lacks the scope {missing:?} that {} requires.",
+                        route.prefix
+                    ))
+                    .hint(format!("Use a key granted {missing:?}.")));
+            }
+        }
+
+        // 4. Cheap validation from headers, 5. the body.
+        let validated = self.validate(route, &parts, body).await;
+        let (body, cost) = match validated {
+            Ok(v) => v,
+            Err(refusal) => {
+                self.count(rt, ctx, key, Some(route), &method, &ip_text, 1)
+                    .await?;
+                return Err(refusal);
+            }
+        };
+
+        // 6. Limits.
+        self.count(rt, ctx, key, Some(route), &method, &ip_text, cost)
+            .await?;
+
+        // 7. Idempotency.
+        let mut idem: Option<(String, String)> = None;
+        if let (true, true, Some(store)) =
+            (route.idempotency, method == Method::POST, &self.idempotency)
+        {
+            if let Some(raw) = parts.headers.get("idempotency-key") {
+                let Some(k) = raw.to_str().ok().and_then(idempotency::parse_key) else {
+                    return Err(Refusal::code("IDEMPOTENCY_KEY_INVALID")
+                        .hint("Use 1-255 visible ASCII characters, e.g. a UUID."));
+                };
+                let scope = format!(
+                    "{}\u{1f}{k}",
+                    key.map_or_else(|| format!("ip:{ip_text}"), |k| k.id.clone())
+                );
+                let bytes = match &body {
+                    ReqBody::Buffered(b) => b.clone(),
+                    ReqBody::Streaming(_) => Bytes::new(),
+                };
+                let pq = parts
+                    .uri
+                    .path_and_query()
+                    .map_or(path, |p| p.as_str())
+                    .to_owned();
+                let fp = idempotency::fingerprint(method.as_str(), &pq, &bytes);
+                let (s, sc, f) = (store.clone(), scope.clone(), fp.clone());
+                let begun = tokio::task::spawn_blocking(move || s.begin(&sc, &f)).await;
+                match begun {
+                    Ok(Ok(Begin::Proceed)) => idem = Some((scope, fp)),
+                    Ok(Ok(Begin::InProgress)) => {
+                        return Err(Refusal::code("IDEMPOTENCY_IN_PROGRESS")
+                            .hint("Retry after a second with the same key.")
+                            .retry_after(1))
+                    }
+                    Ok(Ok(Begin::Mismatch)) => {
+                        return Err(Refusal::code("IDEMPOTENCY_KEY_REUSED")
+                            .hint("Use a new Idempotency-Key for a different request."))
+                    }
+                    Ok(Ok(Begin::Replay(stored))) => return Ok(replay(stored, k)),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "idempotency store");
+                        return Err(Refusal::code("SERVICE_UNAVAILABLE").retry_after(1));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "idempotency store task");
+                        return Err(Refusal::code("SERVICE_UNAVAILABLE").retry_after(1));
+                    }
+                }
+            }
+        }
+
+        // 8. Breaker and proxy.
+        let result = self.forward(rt, ctx, route, key, parts, body, peer).await;
+        let resp = match (result, &idem) {
+            (Ok(resp), Some((scope, fp))) => self.remember(route, scope, fp, resp, rt).await,
+            (Ok(resp), None) => resp,
+            (Err(refusal), Some((scope, _))) => {
+                self.forget(scope).await;
+                return Err(refusal);
+            }
+            (Err(refusal), None) => return Err(refusal),
+        };
+        if route.normalize_errors && resp.status().as_u16() >= 400 {
+            let dialect = if accept_problem {
+                Dialect::Problem
+            } else {
+                route.dialect
+            };
+            return Ok(normalize(resp, dialect, &ctx.request_id).await);
+        }
+        Ok(resp)
+    }
+
+    /// Steps 4 and 5: header checks, then the body (buffered when the route needs it).
+    async fn validate(
+        &self,
+        route: &RouteConfig,
+        parts: &http::request::Parts,
+        body: Body,
+    ) -> Step<(ReqBody, u64)> {
+        let too_large = || {
+            let code = if route.document {
+                "DOCUMENT_SIZE_EXCEEDED"
+            } else {
+                "REQUEST_TOO_LARGE"
+            };
+            Refusal::code(code).hint(format!(
+                "The largest body accepted here is {} bytes.",
+                route.max_body
+            ))
+        };
+        let length: Option<u64> = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
+        let has_body = length.is_some_and(|n| n > 0) || chunked;
+        if chunked && length.is_none() && route.require_length {
+            return Err(Refusal::code("REQUEST_LENGTH_REQUIRED")
+                .hint("Send the body with a Content-Length header."));
+        }
+        if length.is_some_and(|n| n > route.max_body) {
+            return Err(too_large());
+        }
+        if has_body && !route.media_types.is_empty() {
+            let ok = media_type(&parts.headers).is_some_and(|m| route.media_types.contains(&m));
+            if !ok {
+                let names: Vec<String> = route.media_types.iter().map(|m| format_name(m)).collect();
+                let code = if route.document {
+                    "DOCUMENT_FORMAT_UNSUPPORTED"
+                } else {
+                    "REQUEST_MEDIA_TYPE_UNSUPPORTED"
+                };
+                return Err(
+                    Refusal::code(code).hint(format!("Supported formats: {}", names.join(", ")))
+                );
+            }
+        }
+        let must_buffer = has_body
+            && (route.json || route.idempotency || route.cost != CostFrom::One || length.is_none());
+        if !has_body {
+            return Ok((ReqBody::Buffered(Bytes::new()), 1));
+        }
+        if !must_buffer {
+            let limited = http_body_util::Limited::new(
+                body,
+                usize::try_from(route.max_body).unwrap_or(usize::MAX),
+            );
+            return Ok((ReqBody::Streaming(Body::new(limited)), 1));
+        }
+        let limited = http_body_util::Limited::new(
+            body,
+            usize::try_from(route.max_body).unwrap_or(usize::MAX),
+        );
+        let bytes = match limited.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return Err(too_large())
+            }
+            Err(_) => {
+                return Err(Refusal::code("REQUEST_MALFORMED")
+                    .message("The request body could not be read."))
+            }
+        };
+        let mut cost = 1;
+        if route.json && !bytes.is_empty() {
+            let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                Refusal::code("REQUEST_MALFORMED")
+                    .message(format!("The body is not valid JSON: {e}."))
+                    .hint(format!(
+                        "Fix the JSON at line {}, column {}.",
+                        e.line(),
+                        e.column()
+                    ))
+            })?;
+            if let CostFrom::JsonArray(ptr) = &route.cost {
+                cost = value
+                    .pointer(ptr)
+                    .and_then(serde_json::Value::as_array)
+                    .map_or(0, Vec::len) as u64;
+                if cost == 0 {
+                    return Err(Refusal::code("REQUEST_MALFORMED")
+                        .message(format!("The body has no items at {ptr:?}."))
+                        .hint(format!("Send a non-empty JSON array at {ptr:?}.")));
+                }
+            }
+        }
+        Ok((ReqBody::Buffered(bytes), cost))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        rt: &Runtime,
+        ctx: &mut Ctx,
+        route: &RouteConfig,
+        key: Option<&ApiKey>,
+        mut parts: http::request::Parts,
+        body: ReqBody,
+        peer: SocketAddr,
+    ) -> Step<Response<Body>> {
+        let (Some(base), Some(breaker), Some(upstream)) = (
+            rt.upstream_urls.get(&route.upstream),
+            rt.breakers.get(&route.upstream),
+            rt.config.upstreams.get(&route.upstream),
+        ) else {
+            return Err(Refusal::code("SERVICE_UNAVAILABLE").retry_after(1));
+        };
+        let probe = match breaker.admit(Instant::now()) {
+            Admission::Allowed { probe } => probe,
+            Admission::Open { retry_after } => {
+                let secs = weir_limit::clock::ceil_secs(
+                    u64::try_from(retry_after.as_nanos()).unwrap_or(u64::MAX),
+                )
+                .max(1);
+                return Err(Refusal::code("SERVICE_CIRCUIT_OPEN")
+                    .hint(format!("The upstream is failing; retry after {secs} s."))
+                    .retry_after(secs));
+            }
+        };
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri: http::Uri = match format!("{base}{pq}").parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return Err(Refusal::code("REQUEST_MALFORMED")
+                    .message("The request path cannot be forwarded."))
+            }
+        };
+        let h = &mut parts.headers;
+        strip_hop_by_hop(h);
+        h.remove(header::HOST);
+        h.remove(header::AUTHORIZATION);
+        h.remove("x-api-key");
+        let spoofed: Vec<HeaderName> = h
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-weir-"))
+            .cloned()
+            .collect();
+        for k in spoofed {
+            h.remove(k);
+        }
+        if let Some(k) = key {
+            for (name, value) in [
+                ("x-weir-key-id", &k.id),
+                ("x-weir-user", &k.user),
+                ("x-weir-organisation", &k.organisation),
+                ("x-weir-plan", &k.plan),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    h.insert(name, v);
+                }
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+            h.insert("x-request-id", v);
+        }
+        let incoming = h
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse);
+        let span: [u8; 8] = random_bytes();
+        let trace = incoming
+            .and_then(|t| t.child(span))
+            .or_else(|| TraceParent::new(random_bytes(), span, 1));
+        h.remove("tracestate")
+            .filter(|_| incoming.is_some())
+            .and_then(|ts| h.insert("tracestate", ts));
+        if let Some(t) = trace {
+            if let Ok(v) = HeaderValue::from_str(&t.to_header_value()) {
+                h.insert("traceparent", v);
+            }
+        }
+        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert("x-forwarded-for", v);
+        }
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        let body = match body {
+            ReqBody::Buffered(b) => Body::from(b),
+            ReqBody::Streaming(b) => b,
+        };
+        let out = Request::from_parts(parts, body);
+        let started = Instant::now();
+        let sent = tokio::time::timeout(upstream.timeout, self.client.request(out)).await;
+        let elapsed = started.elapsed();
+        ctx.upstream_ms = Some(elapsed.as_secs_f64() * 1e3);
+        metrics::histogram!("weir_upstream_latency_seconds", "upstream" => route.upstream.clone())
+            .record(elapsed.as_secs_f64());
+        let result = match sent {
+            Err(_) => Err(Refusal::code("UPSTREAM_TIMEOUT").message(format!(
+                "The upstream did not answer within {:?}.",
+                upstream.timeout
+            ))),
+            Ok(Err(e)) => {
+                tracing::warn!(request_id = %ctx.request_id, upstream = %route.upstream, error = %e, "upstream request failed");
+                Err(Refusal::code("SERVICE_CONNECTION_LOST")
+                    .message("The upstream service could not be reached or closed the connection."))
+            }
+            Ok(Ok(resp)) => Ok(resp),
+        };
+        let success = matches!(&result, Ok(r) if r.status().as_u16() < 500);
+        breaker.record(Instant::now(), success, probe);
+        metrics::gauge!("weir_breaker_state", "upstream" => route.upstream.clone())
+            .set(f64::from(breaker.state_code()));
+        let resp = result?;
+        let (mut rparts, rbody) = resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        Ok(Response::from_parts(rparts, Body::new(rbody)))
+    }
+
+    /// Stores an idempotent request's response (unless it is 5xx or 429) and returns it.
+    async fn remember(
+        &self,
+        route: &RouteConfig,
+        scope: &str,
+        fp: &str,
+        resp: Response<Body>,
+        rt: &Runtime,
+    ) -> Response<Body> {
+        let Some(store) = self.idempotency.clone() else {
+            return resp;
+        };
+        let status = resp.status().as_u16();
+        if status >= 500 || status == 429 {
+            self.forget(scope).await;
+            return resp;
+        }
+        let (parts, body) = resp.into_parts();
+        let limit = usize::try_from(rt.config.idempotency.max_response_bytes).unwrap_or(usize::MAX);
+        let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                tracing::warn!(route = %route.name, error = %e, "response not stored for idempotent replay");
+                self.forget(scope).await;
+                return Response::from_parts(parts, Body::empty());
+            }
+        };
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "date" | "content-length" | "x-request-id"))
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let stored = StoredResponse {
+            status,
+            headers,
+            body: bytes.to_vec(),
+        };
+        let (s, sc, f) = (store, scope.to_owned(), fp.to_owned());
+        if let Ok(Err(e)) | Err(e) =
+            tokio::task::spawn_blocking(move || s.complete(&sc, &f, stored))
+                .await
+                .map_err(|e| idempotency_join(&e))
+        {
+            tracing::warn!(error = %e, "idempotency store");
+        }
+        let mut resp = Response::from_parts(parts, Body::from(bytes));
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("false"));
+        resp
+    }
+
+    async fn forget(&self, scope: &str) {
+        if let Some(store) = self.idempotency.clone() {
+            let sc = scope.to_owned();
+            let _ = tokio::task::spawn_blocking(move || store.abandon(&sc)).await;
+        }
+    }
+}
+
+fn idempotency_join(e: &tokio::task::JoinError) -> idempotency::IdempotencyError {
+    // A panicked or cancelled blocking task is reported like a store error.
+    let _ = e;
+    idempotency::IdempotencyError::from_join()
+}
+
+fn replay(stored: StoredResponse, key: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::from(stored.body));
+    *resp.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    for (k, v) in stored.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            resp.headers_mut().append(k, v);
+        }
+    }
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    if let Ok(v) = HeaderValue::from_str(key) {
+        resp.headers_mut().insert("idempotency-key", v);
+    }
+    resp
+}
+
+/// Re-renders an upstream error body in `dialect` when weir-contract recognises it;
+/// anything else passes through untouched.
+async fn normalize(resp: Response<Body>, dialect: Dialect, request_id: &str) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match http_body_util::Limited::new(body, weir_contract::MAX_ENVELOPE_BYTES)
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(_) => return Response::from_parts(parts, Body::empty()),
+    };
+    let ct = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let parsed = weir_contract::parse_response(Some(parts.status.as_u16()), ct, &bytes);
+    let Ok(p) = parsed else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    if p.dialect == dialect && p.error.request_id.is_some() {
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    let mut err = p.error;
+    if err.request_id.is_none() {
+        err.request_id = Some(request_id.to_owned());
+    }
+    let rendered = dialect.render_string(&err);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(dialect.content_type()),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(rendered))
+}
+
+/// The request body: buffered when some step needed it whole, else streamed.
+enum ReqBody {
+    Buffered(Bytes),
+    Streaming(Body),
+}
+
+impl Runtime {
+    fn new(config: Config, demo_url: Option<&str>, old: Option<&Runtime>) -> Runtime {
+        let upstream_urls = config
+            .upstreams
+            .iter()
+            .map(|(n, u)| {
+                let url = if u.url == "builtin:demo" {
+                    demo_url.unwrap_or("http://127.0.0.1:9").to_owned()
+                } else {
+                    u.url.clone()
+                };
+                (n.clone(), url)
+            })
+            .collect();
+        let breakers = config
+            .upstreams
+            .iter()
+            .map(|(n, u)| {
+                let kept = old
+                    .and_then(|o| {
+                        o.breakers.get(n).filter(|_| {
+                            o.config
+                                .upstreams
+                                .get(n)
+                                .is_some_and(|ou| ou.breaker == u.breaker)
+                        })
+                    })
+                    .cloned();
+                (
+                    n.clone(),
+                    kept.unwrap_or_else(|| Arc::new(Breaker::new(u.breaker.clone()))),
+                )
+            })
+            .collect();
+        Runtime {
+            policy: Arc::new(config.policy.clone()),
+            config,
+            upstream_urls,
+            breakers,
+        }
+    }
+
+    /// The base URL a named upstream resolves to (the demo upstream's real address).
+    pub fn upstream_url(&self, name: &str) -> Option<&str> {
+        self.upstream_urls.get(name).map(String::as_str)
+    }
+}

@@ -1,0 +1,186 @@
+//! Who is calling: API key → user → organisation → plan.
+//!
+//! Keys are stored only as SHA-256 hashes (`weir hash-key` prints one), and a presented
+//! key is compared against *every* stored hash in constant time, so neither the key nor
+//! which entry matched leaks through timing. A key's id — never the key — is what logs,
+//! metrics and limiter scopes see.
+
+use sha2::{Digest, Sha256};
+use std::time::SystemTime;
+use subtle::ConstantTimeEq;
+
+/// The SHA-256 of a key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyHash([u8; 32]);
+
+impl std::fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyHash(…)")
+    }
+}
+
+impl KeyHash {
+    /// Hashes a clear-text key.
+    pub fn of(key: &str) -> KeyHash {
+        KeyHash(Sha256::digest(key.as_bytes()).into())
+    }
+
+    /// Parses `sha256:<64 hex digits>`.
+    pub fn parse(s: &str) -> Option<KeyHash> {
+        let hex = s.strip_prefix("sha256:")?;
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(KeyHash(out))
+    }
+
+    /// `sha256:<hex>`.
+    pub fn to_config_string(&self) -> String {
+        let mut s = String::from("sha256:");
+        for b in self.0 {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+}
+
+/// One configured key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Its id (safe to log).
+    pub id: String,
+    /// The hash of the secret.
+    pub hash: KeyHash,
+    /// The user it belongs to.
+    pub user: String,
+    /// The user's organisation.
+    pub organisation: String,
+    /// The organisation's plan.
+    pub plan: String,
+    /// Scopes it grants.
+    pub scopes: Vec<String>,
+    /// When it stops working.
+    pub expires: Option<SystemTime>,
+}
+
+/// Why a request has no identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No key was presented.
+    Missing,
+    /// The key matches no configured key.
+    Invalid,
+    /// The key has expired.
+    Expired,
+}
+
+/// The presented key: `Authorization: Bearer …` or `X-API-Key: …`.
+pub fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
+    if let Some(v) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, rest) = v.trim().split_once(' ')?;
+        if scheme.eq_ignore_ascii_case("bearer") {
+            let k = rest.trim();
+            return (!k.is_empty()).then_some(k);
+        }
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+/// Finds the key for a presented secret, in constant time over the whole key list.
+pub fn authenticate<'k>(
+    keys: &'k [ApiKey],
+    presented: Option<&str>,
+    now: SystemTime,
+) -> Result<&'k ApiKey, AuthFailure> {
+    let presented = presented.ok_or(AuthFailure::Missing)?;
+    let hash = KeyHash::of(presented);
+    let mut found: Option<&ApiKey> = None;
+    for k in keys {
+        // Every entry is compared; the branch below only records the match.
+        if bool::from(k.hash.0.ct_eq(&hash.0)) {
+            found = Some(k);
+        }
+    }
+    let key = found.ok_or(AuthFailure::Invalid)?;
+    match key.expires {
+        Some(t) if t <= now => Err(AuthFailure::Expired),
+        _ => Ok(key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn key(id: &str, secret: &str, expires: Option<SystemTime>) -> ApiKey {
+        ApiKey {
+            id: id.into(),
+            hash: KeyHash::of(secret),
+            user: "u".into(),
+            organisation: "o".into(),
+            plan: "free".into(),
+            scopes: vec![],
+            expires,
+        }
+    }
+
+    #[test]
+    fn hashes_round_trip_and_are_not_the_key() {
+        let h = KeyHash::of("demo-free");
+        let s = h.to_config_string();
+        assert!(s.starts_with("sha256:") && !s.contains("demo-free"));
+        assert_eq!(KeyHash::parse(&s), Some(h));
+        assert_eq!(KeyHash::parse("sha256:zz"), None);
+        assert!(
+            !format!("{h:?}").contains(&s[7..]),
+            "Debug never prints the hash"
+        );
+    }
+
+    #[test]
+    fn authentication_outcomes() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let keys = [
+            key("a", "secret-a", None),
+            key("b", "secret-b", Some(SystemTime::UNIX_EPOCH)),
+        ];
+        assert_eq!(
+            authenticate(&keys, Some("secret-a"), now).map(|k| k.id.as_str()),
+            Ok("a")
+        );
+        assert_eq!(
+            authenticate(&keys, Some("nope"), now),
+            Err(AuthFailure::Invalid)
+        );
+        assert_eq!(authenticate(&keys, None, now), Err(AuthFailure::Missing));
+        assert_eq!(
+            authenticate(&keys, Some("secret-b"), now),
+            Err(AuthFailure::Expired)
+        );
+    }
+
+    #[test]
+    fn key_from_either_header() {
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", "Bearer abc".parse().expect("v"));
+        assert_eq!(presented_key(&h), Some("abc"));
+        let mut h = http::HeaderMap::new();
+        h.insert("x-api-key", "xyz".parse().expect("v"));
+        assert_eq!(presented_key(&h), Some("xyz"));
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", "Basic abc".parse().expect("v"));
+        assert_eq!(presented_key(&h), None);
+    }
+}

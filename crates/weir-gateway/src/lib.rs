@@ -1,0 +1,22 @@
+//! weir's gateway: a reverse proxy, and reusable tower layers, that enforce the
+//! errors-and-rate-limits contract in front of any HTTP API.
+//!
+//! `weir serve --config FILE` runs [`server::Server`]; [`gateway`] documents the request
+//! pipeline step by step; [`layer`] offers the request-id and rate-limit middleware on
+//! their own for any axum app. Configuration: [`config`] and `docs/configuration.md`.
+
+pub mod body;
+pub mod breaker;
+pub mod client_ip;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod idempotency;
+pub mod identity;
+pub mod layer;
+pub mod respond;
+pub mod server;
+
+pub use config::{Config, ConfigError};
+pub use gateway::{Gateway, GatewayError};
+pub use server::Server;

@@ -1,0 +1,210 @@
+//! One path to the client: every error the gateway produces becomes a [`Refusal`], and
+//! every refusal is rendered the same way — the route's dialect (or problem+json when the
+//! client asks for it), the request id in the body, and the headers the contract requires
+//! (`WWW-Authenticate` on 401, `Allow` on 405, `Retry-After` on 429/503, `Cache-Control:
+//! no-store` on 429).
+
+use axum::body::Body;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use std::fmt::Write as _;
+use weir_contract::catalogue;
+use weir_contract::headers::ratelimit::{self, Policy as RlPolicy, QuotaUnit, RateLimitItem};
+use weir_contract::{ApiError, Dialect};
+use weir_limit::{Decision, Policy};
+
+/// A request the gateway answers itself.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Status.
+    pub status: StatusCode,
+    /// Catalogue code.
+    pub code: &'static str,
+    /// Message (defaults to the catalogue's).
+    pub message: Option<String>,
+    /// Hint.
+    pub hint: Option<String>,
+    /// `Retry-After` seconds.
+    pub retry_after: Option<u64>,
+    /// `Allow` for 405.
+    pub allow: Option<String>,
+}
+
+impl Refusal {
+    /// A refusal with the catalogue's status and message for `code`.
+    pub fn code(code: &'static str) -> Refusal {
+        let status = catalogue::code(code)
+            .and_then(|c| StatusCode::from_u16(c.status).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Refusal {
+            status,
+            code,
+            message: None,
+            hint: None,
+            retry_after: None,
+            allow: None,
+        }
+    }
+
+    /// Sets the message.
+    pub fn message(mut self, m: impl Into<String>) -> Refusal {
+        self.message = Some(m.into());
+        self
+    }
+
+    /// Sets the hint.
+    pub fn hint(mut self, h: impl Into<String>) -> Refusal {
+        self.hint = Some(h.into());
+        self
+    }
+
+    /// Sets Retry-After.
+    pub fn retry_after(mut self, secs: u64) -> Refusal {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// Overrides the status.
+    pub fn status(mut self, s: StatusCode) -> Refusal {
+        self.status = s;
+        self
+    }
+}
+
+/// Renders a refusal.
+pub fn render(
+    refusal: &Refusal,
+    dialect: Dialect,
+    request_id: &str,
+    type_base: &str,
+) -> Response<Body> {
+    let info = catalogue::code(refusal.code);
+    let mut err = ApiError::new(
+        refusal.status.as_u16(),
+        refusal.code,
+        refusal
+            .message
+            .clone()
+            .unwrap_or_else(|| info.map_or("", |i| i.message).to_owned()),
+    )
+    .with_request_id(request_id);
+    err.hint = refusal.hint.clone();
+    err.retryable = info.map(|i| i.retryable);
+    if dialect == Dialect::Error {
+        err.date =
+            Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+        err.code = Some(refusal.code.to_owned());
+    }
+    if dialect == Dialect::Problem {
+        err.problem.type_uri = Some(format!(
+            "{type_base}{}",
+            refusal.code.to_ascii_lowercase().replace('_', "-")
+        ));
+        err.problem.title = catalogue::status(refusal.status.as_u16()).map(|s| s.reason.to_owned());
+        err.problem.instance = Some(format!("urn:uuid:{request_id}"));
+    }
+    let body = dialect.render_string(&err);
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = refusal.status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(dialect.content_type()),
+    );
+    // Read (and removed) by the gateway for its metrics and access log.
+    h.insert("x-weir-error", HeaderValue::from_static(refusal.code));
+    if refusal.status == StatusCode::UNAUTHORIZED {
+        let challenge = format!(
+            "Bearer realm=\"weir\", error=\"invalid_token\", error_description=\"{}\"",
+            refusal.code
+        );
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            h.insert(header::WWW_AUTHENTICATE, v);
+        }
+    }
+    if let Some(allow) = refusal
+        .allow
+        .as_deref()
+        .and_then(|a| HeaderValue::from_str(a).ok())
+    {
+        h.insert(header::ALLOW, allow);
+    }
+    if let Some(secs) = refusal.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if refusal.status == StatusCode::TOO_MANY_REQUESTS {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+/// The refusal for a rate-limited decision.
+pub fn rate_limited(decision: &Decision, policy: &Policy) -> Refusal {
+    let secs = decision.retry_after_secs().max(1);
+    let name = decision
+        .limiting_status()
+        .and_then(|s| policy.limits.get(s.index))
+        .map_or("a rate limit", |l| l.name.as_str());
+    let at = std::time::SystemTime::now() + std::time::Duration::from_secs(secs);
+    Refusal::code("SERVICE_RATE_LIMITED")
+        .message(format!("Rate limit exceeded ({name})."))
+        .hint(format!(
+            "Retry after {secs} s (at {}); X-RateLimit-Reset gives when the quota is whole again.",
+            humantime::format_rfc3339_seconds(at)
+        ))
+        .retry_after(secs)
+}
+
+/// Adds the rate-limit headers of `decision` to a response: the `X-RateLimit-*` trio for
+/// the most restrictive limit and, when `ietf` is on, `RateLimit` and `RateLimit-Policy`
+/// for every limit checked.
+pub fn apply_limit_headers(h: &mut HeaderMap, decision: &Decision, policy: &Policy, ietf: bool) {
+    if let Some(s) = decision.limiting_status() {
+        let mut buf = itoa_buf();
+        h.insert("x-ratelimit-limit", num(&mut buf, s.limit));
+        h.insert("x-ratelimit-remaining", num(&mut buf, s.remaining));
+        h.insert("x-ratelimit-reset", num(&mut buf, decision.reset_unix(s)));
+    }
+    if !ietf || decision.limits.is_empty() {
+        return;
+    }
+    let mut policies = Vec::with_capacity(decision.limits.len());
+    let mut items = Vec::with_capacity(decision.limits.len());
+    for s in &decision.limits {
+        let Some(def) = policy.limits.get(s.index) else {
+            continue;
+        };
+        let concurrency = s.is_concurrency();
+        policies.push(RlPolicy {
+            name: def.name.clone(),
+            quota: s.limit,
+            unit: concurrency.then_some(QuotaUnit::ConcurrentRequests),
+            window: (!concurrency).then_some(s.window_secs),
+            partition_key: None,
+        });
+        items.push(RateLimitItem {
+            name: def.name.clone(),
+            remaining: s.remaining,
+            reset: (!concurrency).then(|| weir_limit::clock::ceil_secs(s.reset_after_ns)),
+            partition_key: None,
+        });
+    }
+    if let (Ok(p), Ok(l)) = (
+        ratelimit::format_policies(&policies),
+        ratelimit::format_limits(&items),
+    ) {
+        if let (Ok(p), Ok(l)) = (HeaderValue::from_str(&p), HeaderValue::from_str(&l)) {
+            h.insert("ratelimit-policy", p);
+            h.insert("ratelimit", l);
+        }
+    }
+}
+
+fn itoa_buf() -> String {
+    String::with_capacity(20)
+}
+
+fn num(buf: &mut String, n: u64) -> HeaderValue {
+    buf.clear();
+    let _ = write!(buf, "{n}");
+    HeaderValue::from_str(buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}

@@ -1,0 +1,975 @@
+//! `weir serve` over real sockets: one test (or more) per numbered behaviour of the
+//! gateway issue. Each test starts its own gateway on 127.0.0.1:0 in front of the built-in
+//! demo upstream.
+
+mod support;
+
+use http::StatusCode;
+use std::time::Duration;
+use support::{client, config, json, start, temp_db};
+
+const ECHO: &str = r#"
+[[routes]]
+name = "echo"
+prefix = "/v1/echo"
+upstream = "demo"
+methods = ["GET", "HEAD", "POST"]
+max_body = "1MiB"
+"#;
+
+const DOCS: &str = r#"
+[[routes]]
+name = "documents"
+prefix = "/v1/documents"
+upstream = "demo"
+methods = ["POST"]
+document = true
+idempotency = true
+require_length = true
+max_body = "64KiB"
+scopes = ["documents:write"]
+media_types = ["application/pdf", "text/plain", "text/csv", "application/json", "text/markdown"]
+"#;
+
+const PLANS: &str = r#"
+[[limits]]
+name = "org-minute"
+scope = ["organisation"]
+window = "60s"
+per_plan = { free = 10, pro = 30, max = 60 }
+"#;
+
+mod proxy {
+    use super::*;
+
+    #[tokio::test]
+    async fn routes_by_prefix_and_drops_hop_by_hop_headers() {
+        let gw = start(&config(ECHO, &temp_db("p1"))).await;
+        let resp = client()
+            .get(gw.url("/v1/echo/deeper/path?x=1"))
+            .header("authorization", "Bearer free-secret")
+            .header("connection", "keep-alive, x-private")
+            .header("x-private", "secret")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = json(resp).await;
+        assert_eq!(body["path"], "/v1/echo/deeper/path");
+        assert_eq!(body["query"], "x=1");
+        assert_eq!(body["connection_header"], serde_json::Value::Null);
+        assert_eq!(
+            body["authorization_forwarded"], false,
+            "the API key never reaches the upstream"
+        );
+        assert_eq!(body["key_id"], "k-free");
+        assert_eq!(body["organisation"], "org-free");
+        let resp = client()
+            .get(gw.url("/v2/unknown"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(json(resp).await["detail"]["code"], "REQUEST_NOT_FOUND");
+    }
+
+    #[tokio::test]
+    async fn streams_large_bodies_both_ways() {
+        let extra = format!("{ECHO}\n[[routes]]\nname = \"bytes\"\nprefix = \"/v1/bytes\"\nupstream = \"demo\"\nauth = false\n");
+        let gw = start(&config(&extra, &temp_db("p2"))).await;
+        // 256 MiB down, streamed chunk by chunk.
+        let n: u64 = 256 << 20;
+        let mut resp = client()
+            .get(gw.url(&format!("/v1/bytes?n={n}")))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut got = 0u64;
+        while let Some(chunk) = resp.chunk().await.expect("chunk") {
+            got += chunk.len() as u64;
+        }
+        assert_eq!(got, n);
+        // An upload with Content-Length is streamed to the upstream, not buffered.
+        let body = vec![b'x'; 900 * 1024];
+        let resp = client()
+            .post(gw.url("/v1/echo"))
+            .header("x-api-key", "free-secret")
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(json(resp).await["bytes"], 900 * 1024);
+    }
+}
+
+mod identity {
+    use super::*;
+
+    #[tokio::test]
+    async fn missing_unknown_expired_and_scope() {
+        let gw = start(&config(&format!("{ECHO}{DOCS}"), &temp_db("i1"))).await;
+        let c = client();
+        let resp = c.get(gw.url("/v1/echo")).send().await.expect("send");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert!(resp
+            .headers()
+            .get("www-authenticate")
+            .is_some_and(|v| v.to_str().is_ok_and(|s| s.starts_with("Bearer"))));
+        assert_eq!(json(resp).await["detail"]["code"], "AUTH_HEADER_MISSING");
+        let resp = c
+            .get(gw.url("/v1/echo"))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert!(resp.headers().contains_key("www-authenticate"));
+        assert_eq!(json(resp).await["detail"]["code"], "AUTH_TOKEN_INVALID");
+        let resp = c
+            .get(gw.url("/v1/echo"))
+            .bearer_auth("old-secret")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(json(resp).await["detail"]["code"], "AUTH_TOKEN_EXPIRED");
+        // k-free-2 lacks documents:write.
+        let resp = c
+            .post(gw.url("/v1/documents"))
+            .header("x-api-key", "free-secret-2")
+            .header("content-type", "text/plain")
+            .body("hello")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(json(resp).await["detail"]["code"], "AUTH_SCOPE_MISSING");
+        // A key stored only as a hash works.
+        let resp = c
+            .get(gw.url("/v1/echo"))
+            .bearer_auth("pro-secret")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(json(resp).await["key_id"], "k-pro");
+    }
+}
+
+mod limits {
+    use super::*;
+
+    #[tokio::test]
+    async fn plan_limit_is_shared_across_an_organisations_keys() {
+        let gw = start(&config(&format!("{ECHO}{PLANS}"), &temp_db("l1"))).await;
+        let c = client();
+        for i in 0..10 {
+            let key = if i % 2 == 0 {
+                "free-secret"
+            } else {
+                "free-secret-2"
+            };
+            let resp = c
+                .get(gw.url("/v1/echo"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(resp.status(), StatusCode::OK, "request {i}");
+            assert_eq!(resp.headers()["x-ratelimit-limit"], "10");
+            assert_eq!(
+                resp.headers()["x-ratelimit-remaining"],
+                (9 - i).to_string().as_str()
+            );
+        }
+        let resp = c
+            .get(gw.url("/v1/echo"))
+            .bearer_auth("free-secret-2")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("delta-seconds");
+        assert!((1..=6).contains(&retry), "{retry}");
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        assert_eq!(resp.headers()["x-ratelimit-remaining"], "0");
+        let body = json(resp).await;
+        assert_eq!(body["detail"]["code"], "SERVICE_RATE_LIMITED");
+        assert!(body["detail"]["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("Retry after")));
+        // The pro organisation is unaffected.
+        let resp = c
+            .get(gw.url("/v1/echo"))
+            .bearer_auth("pro-secret")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["x-ratelimit-limit"], "30");
+    }
+
+    #[tokio::test]
+    async fn ip_limit_read_write_classes_and_several_windows() {
+        let limits = r#"
+[[limits]]
+name = "ip-burst"
+scope = ["ip"]
+window = "10s"
+count = 6
+[[limits]]
+name = "writes"
+scope = ["user"]
+methods = "write"
+window = "1s"
+count = 2
+[[limits]]
+name = "user-day"
+scope = ["user"]
+window = "24h"
+count = 1000
+"#;
+        let gw = start(&config(&format!("{ECHO}{limits}"), &temp_db("l2"))).await;
+        let c = client();
+        for _ in 0..2 {
+            assert_eq!(
+                c.post(gw.url("/v1/echo"))
+                    .bearer_auth("free-secret")
+                    .body("{}")
+                    .send()
+                    .await
+                    .expect("send")
+                    .status(),
+                StatusCode::OK
+            );
+        }
+        let resp = c
+            .post(gw.url("/v1/echo"))
+            .bearer_auth("free-secret")
+            .body("{}")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "write limit");
+        let resp = c
+            .get(gw.url("/v1/echo"))
+            .bearer_auth("free-secret")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "reads are not limited by the write class"
+        );
+        let policy = resp.headers()["ratelimit-policy"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert!(
+            policy.contains(r#""ip-burst";q=6;w=10"#)
+                && policy.contains(r#""user-day";q=1000;w=86400"#),
+            "{policy}"
+        );
+        // 3 requests from this IP consumed its 6 so far: the refused write consumed nothing
+        // from any limit (all-or-nothing). Three more pass, the fourth meets the IP limit.
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(
+                c.get(gw.url("/v1/echo"))
+                    .bearer_auth("pro-secret")
+                    .send()
+                    .await
+                    .expect("send")
+                    .status(),
+            );
+        }
+        assert_eq!(
+            statuses,
+            [
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::TOO_MANY_REQUESTS
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn organisation_concurrency_limit_and_batch_cost() {
+        let extra = r#"
+[[routes]]
+name = "slow"
+prefix = "/v1/slow"
+upstream = "demo"
+methods = ["GET"]
+
+[[routes]]
+name = "batch"
+prefix = "/v1/echo/batch"
+upstream = "demo"
+methods = ["POST"]
+json = true
+cost_from = "/items"
+
+[[limits]]
+name = "org-inflight"
+scope = ["organisation"]
+concurrency = 2
+routes = ["slow"]
+
+[[limits]]
+name = "org-items"
+scope = ["organisation"]
+window = "60s"
+count = 25
+routes = ["batch"]
+"#;
+        let gw = start(&config(extra, &temp_db("l3"))).await;
+        let c = client();
+        let slow = |key: &'static str| {
+            let (c, url) = (c.clone(), gw.url("/v1/slow?ms=600"));
+            tokio::spawn(async move {
+                c.get(url)
+                    .bearer_auth(key)
+                    .send()
+                    .await
+                    .expect("send")
+                    .status()
+            })
+        };
+        let a = slow("free-secret");
+        let b = slow("free-secret-2");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let resp = c
+            .get(gw.url("/v1/slow?ms=1"))
+            .bearer_auth("free-secret")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(
+            resp.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "third in flight for the org"
+        );
+        assert!(resp.headers().contains_key("retry-after"));
+        assert!(resp.headers()["ratelimit-policy"]
+            .to_str()
+            .is_ok_and(|p| p.contains(r#"qu="concurrent-requests""#)));
+        assert_eq!(a.await.expect("task"), StatusCode::OK);
+        assert_eq!(b.await.expect("task"), StatusCode::OK);
+        let resp = c
+            .get(gw.url("/v1/slow?ms=1"))
+            .bearer_auth("free-secret")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "slots come back when responses complete"
+        );
+
+        let items = |n: usize| serde_json::json!({ "items": vec![1; n] }).to_string();
+        let resp = c
+            .post(gw.url("/v1/echo/batch"))
+            .bearer_auth("pro-secret")
+            .body(items(20))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            resp.headers()["x-ratelimit-remaining"],
+            "5",
+            "a batch of 20 costs 20"
+        );
+        let resp = c
+            .post(gw.url("/v1/echo/batch"))
+            .bearer_auth("pro-secret")
+            .body(items(6))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let resp = c
+            .post(gw.url("/v1/echo/batch"))
+            .bearer_auth("pro-secret")
+            .body(items(26))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(
+            resp.status(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger than the quota: never, not later"
+        );
+        assert_eq!(
+            json(resp).await["detail"]["code"],
+            "REQUEST_COST_EXCEEDS_LIMIT"
+        );
+    }
+}
+
+mod headers_and_dialects {
+    use super::*;
+
+    #[tokio::test]
+    async fn request_id_and_traceparent() {
+        let ip = "[[limits]]\nname = \"ip\"\nscope = [\"ip\"]\ncount = 100\nwindow = \"10s\"\n";
+        let gw = start(&config(&format!("{ECHO}{PLANS}{ip}"), &temp_db("h1"))).await;
+        let c = client();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let resp = c
+            .get(gw.url("/v1/echo"))
+            .bearer_auth("free-secret")
+            .header("x-request-id", "my-req-123")
+            .header("traceparent", tp)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.headers()["x-request-id"], "my-req-123");
+        let body = json(resp).await;
+        assert_eq!(body["request_id"], "my-req-123", "forwarded upstream");
+        let forwarded = body["traceparent"].as_str().expect("traceparent forwarded");
+        assert!(
+            forwarded.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+                && forwarded.ends_with("-01")
+        );
+        assert_ne!(
+            forwarded, tp,
+            "weir continues the trace with its own span id"
+        );
+        // A malformed id is replaced, never reflected; errors carry headers and the id too.
+        let resp = c
+            .get(gw.url("/v1/echo"))
+            .header("x-request-id", "bad id\twith spaces")
+            .send()
+            .await
+            .expect("send");
+        let id = resp.headers()["x-request-id"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert_ne!(id, "bad id\twith spaces");
+        assert!(
+            resp.headers().contains_key("x-ratelimit-limit"),
+            "errors carry rate-limit headers"
+        );
+        assert_eq!(json(resp).await["detail"]["request_id"], id.as_str());
+    }
+
+    #[tokio::test]
+    async fn route_dialect_and_accept_problem_json() {
+        let routes = r#"
+[[routes]]
+name = "graph"
+prefix = "/graph"
+upstream = "demo"
+dialect = "error"
+[[routes]]
+name = "tools"
+prefix = "/tools"
+upstream = "demo"
+dialect = "mcp"
+"#;
+        let gw = start(&config(routes, &temp_db("h2"))).await;
+        let c = client();
+        let body = json(c.get(gw.url("/graph/x")).send().await.expect("send")).await;
+        assert_eq!(body["error"]["code"], "AUTH_HEADER_MISSING");
+        assert!(body["error"]["innerError"]["request-id"].is_string());
+        assert!(body["error"]["innerError"]["date"].is_string());
+        let body = json(c.get(gw.url("/tools/x")).send().await.expect("send")).await;
+        assert_eq!(
+            (body["code"].as_str(), body["retryable"].as_bool()),
+            (Some("AUTH_HEADER_MISSING"), Some(false))
+        );
+        let resp = c
+            .get(gw.url("/graph/x"))
+            .header("accept", "application/problem+json")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let body = json(resp).await;
+        assert_eq!(body["status"], 401);
+        assert_eq!(body["title"], "Unauthorized");
+        assert_eq!(body["code"], "AUTH_HEADER_MISSING");
+        assert!(body["request_id"].is_string());
+    }
+}
+
+mod validation {
+    use super::*;
+
+    #[tokio::test]
+    async fn size_media_type_length_json_and_method() {
+        let json_route = r#"
+[[routes]]
+name = "json"
+prefix = "/v1/json"
+upstream = "demo"
+methods = ["POST"]
+json = true
+max_body = "1KiB"
+"#;
+        let gw = start(&config(&format!("{DOCS}{json_route}"), &temp_db("v1"))).await;
+        let c = client();
+        let post = |path: &str| c.post(gw.url(path)).bearer_auth("free-secret");
+        let resp = post("/v1/documents")
+            .header("content-type", "text/plain")
+            .body(vec![b'a'; 70 * 1024])
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(json(resp).await["detail"]["code"], "DOCUMENT_SIZE_EXCEEDED");
+        let resp = post("/v1/documents")
+            .header("content-type", "image/gif")
+            .body("GIF89a")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let body = json(resp).await;
+        assert_eq!(body["detail"]["code"], "DOCUMENT_FORMAT_UNSUPPORTED");
+        assert_eq!(
+            body["detail"]["hint"],
+            "Supported formats: PDF, TXT, CSV, JSON, MD"
+        );
+        // A chunked body (no Content-Length) where the route requires a length.
+        let stream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(
+            bytes::Bytes::from_static(b"hello"),
+        )]);
+        let resp = post("/v1/documents")
+            .header("content-type", "text/plain")
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::LENGTH_REQUIRED);
+        // A chunked body over the limit on a route without the requirement: 413 after reading
+        // no more than the limit.
+        let big = futures_util::stream::iter(
+            (0..64).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 1024]))),
+        );
+        let resp = post("/v1/json")
+            .body(reqwest::Body::wrap_stream(big))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(json(resp).await["detail"]["code"], "REQUEST_TOO_LARGE");
+        let resp = post("/v1/json")
+            .body("{\"a\": [1, 2,, 3]}")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body = json(resp).await;
+        assert_eq!(body["detail"]["code"], "REQUEST_MALFORMED");
+        assert!(
+            body["detail"]["hint"]
+                .as_str()
+                .is_some_and(|h| h.contains("line 1, column 13")),
+            "{body}"
+        );
+        let resp = c
+            .get(gw.url("/v1/json"))
+            .bearer_auth("free-secret")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers()["allow"], "POST");
+    }
+}
+
+mod idempotency {
+    use super::*;
+
+    async fn post_doc(
+        c: &reqwest::Client,
+        gw: &support::Running,
+        key: &str,
+        idem: &str,
+        body: &'static str,
+    ) -> reqwest::Response {
+        c.post(gw.url("/v1/documents"))
+            .bearer_auth(key)
+            .header("content-type", "text/plain")
+            .header("idempotency-key", idem)
+            .body(body)
+            .send()
+            .await
+            .expect("send")
+    }
+
+    #[tokio::test]
+    async fn first_runs_duplicates_replay_mismatch_is_422_and_keys_are_per_api_key() {
+        let gw = start(&config(DOCS, &temp_db("d1"))).await;
+        let c = client();
+        let first = post_doc(&c, &gw, "free-secret", "order-1", "hello").await;
+        assert_eq!(first.status(), StatusCode::CREATED);
+        assert_eq!(first.headers()["idempotent-replayed"], "false");
+        let first_body = json(first).await;
+        let again = post_doc(&c, &gw, "free-secret", "order-1", "hello").await;
+        assert_eq!(again.status(), StatusCode::CREATED);
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        assert_eq!(again.headers()["idempotency-key"], "order-1");
+        assert_eq!(
+            json(again).await,
+            first_body,
+            "same body, no second document"
+        );
+        let other = post_doc(&c, &gw, "free-secret", "order-1", "different").await;
+        assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            json(other).await["detail"]["code"],
+            "IDEMPOTENCY_KEY_REUSED"
+        );
+        let pro = post_doc(&c, &gw, "pro-secret", "order-1", "hello").await;
+        assert_eq!(
+            pro.headers()["idempotent-replayed"],
+            "false",
+            "another API key's key space"
+        );
+        assert_ne!(json(pro).await["id"], first_body["id"]);
+        let bad = post_doc(&c, &gw, "free-secret", "", "hello").await;
+        assert_eq!(json(bad).await["detail"]["code"], "IDEMPOTENCY_KEY_INVALID");
+    }
+
+    #[tokio::test]
+    async fn concurrent_duplicate_gets_409_and_exactly_one_execution() {
+        let route = r#"
+[[routes]]
+name = "jobs"
+prefix = "/v1/slow"
+upstream = "demo"
+methods = ["POST"]
+idempotency = true
+"#;
+        let gw = start(&config(route, &temp_db("d2"))).await;
+        let c = client();
+        let url = gw.url("/v1/slow?ms=500");
+        let send = |c: reqwest::Client, url: String| async move {
+            c.post(url)
+                .bearer_auth("free-secret")
+                .header("idempotency-key", "job-1")
+                .body("x")
+                .send()
+                .await
+                .expect("send")
+        };
+        let first = tokio::spawn(send(c.clone(), url.clone()));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let dup = send(c.clone(), url.clone()).await;
+        assert_eq!(dup.status(), StatusCode::CONFLICT);
+        assert_eq!(dup.headers()["retry-after"], "1");
+        assert_eq!(json(dup).await["detail"]["code"], "IDEMPOTENCY_IN_PROGRESS");
+        let first = json(first.await.expect("task")).await;
+        let replay = json(send(c.clone(), url).await).await;
+        assert_eq!(replay["call"], first["call"], "the slow job ran once");
+    }
+
+    #[tokio::test]
+    async fn records_survive_a_restart_and_expire() {
+        let db = temp_db("d3");
+        let gw = start(&config(DOCS, &db)).await;
+        let c = client();
+        let first = json(post_doc(&c, &gw, "free-secret", "persist-1", "hello").await).await;
+        gw.stop().await;
+        let gw = start(&config(DOCS, &db)).await;
+        let again = post_doc(&c, &gw, "free-secret", "persist-1", "hello").await;
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        assert_eq!(json(again).await, first);
+        gw.stop().await;
+        let short = config(DOCS, &db).replace("ttl = \"24h\"", "ttl = \"300ms\"");
+        let gw = start(&short).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let fresh = post_doc(&c, &gw, "free-secret", "persist-1", "hello").await;
+        assert_eq!(
+            fresh.headers()["idempotent-replayed"],
+            "false",
+            "expired keys run anew"
+        );
+    }
+}
+
+mod upstream {
+    use super::*;
+
+    #[tokio::test]
+    async fn timeout_is_504_refused_is_502_and_the_breaker_opens() {
+        let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let extra = format!(
+            r#"
+[upstreams.sleepy]
+url = "builtin:demo"
+timeout = "200ms"
+
+[upstreams.dead]
+url = "http://127.0.0.1:{dead_port}"
+timeout = "1s"
+breaker = {{ failure_ratio = 0.5, window = "10s", min_requests = 3, open_for = "30s" }}
+
+[[routes]]
+name = "sleepy"
+prefix = "/v1/slow"
+upstream = "sleepy"
+auth = false
+
+[[routes]]
+name = "dead"
+prefix = "/dead"
+upstream = "dead"
+auth = false
+"#
+        );
+        let gw = start(&config(&extra, &temp_db("u1"))).await;
+        let c = client();
+        let resp = c
+            .get(gw.url("/v1/slow?ms=2000"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(json(resp).await["detail"]["code"], "UPSTREAM_TIMEOUT");
+        for _ in 0..3 {
+            let resp = c.get(gw.url("/dead/x")).send().await.expect("send");
+            assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+            assert_eq!(
+                json(resp).await["detail"]["code"],
+                "SERVICE_CONNECTION_LOST"
+            );
+        }
+        let resp = c.get(gw.url("/dead/x")).send().await.expect("send");
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let retry: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("secs");
+        assert!((1..=30).contains(&retry));
+        assert_eq!(json(resp).await["detail"]["code"], "SERVICE_CIRCUIT_OPEN");
+        let metrics = c
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("send")
+            .text()
+            .await
+            .expect("text");
+        assert!(
+            metrics.contains("weir_breaker_state{upstream=\"dead\"} 1"),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn upstream_error_bodies_are_normalised_into_the_route_dialect() {
+        let route = "[[routes]]\nname = \"st\"\nprefix = \"/v1/status\"\nupstream = \"demo\"\nauth = false\n";
+        let gw = start(&config(route, &temp_db("u2"))).await;
+        let resp = client()
+            .get(gw.url("/v1/status/404"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let body = json(resp).await;
+        assert_eq!(
+            body["detail"]["code"], "UpstreamSaid",
+            "the upstream's error dialect became detail"
+        );
+        assert!(body["detail"]["request_id"].is_string());
+    }
+}
+
+mod operations {
+    use super::*;
+
+    #[tokio::test]
+    async fn health_readiness_and_metrics() {
+        let gw = start(&config(&format!("{ECHO}{PLANS}"), &temp_db("o1"))).await;
+        let c = client();
+        assert_eq!(
+            c.get(gw.admin_url("/healthz"))
+                .send()
+                .await
+                .expect("send")
+                .status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            c.get(gw.admin_url("/readyz"))
+                .send()
+                .await
+                .expect("send")
+                .status(),
+            StatusCode::OK
+        );
+        c.get(gw.url("/v1/echo"))
+            .bearer_auth("free-secret")
+            .send()
+            .await
+            .expect("send");
+        c.get(gw.url("/v1/echo")).send().await.expect("send");
+        let m = c
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("send")
+            .text()
+            .await
+            .expect("text");
+        assert!(
+            m.contains(r#"weir_requests_total{route="echo",status="200",code=""}"#),
+            "{m}"
+        );
+        assert!(
+            m.contains(
+                r#"weir_requests_total{route="echo",status="401",code="AUTH_HEADER_MISSING"}"#
+            ),
+            "{m}"
+        );
+        assert!(
+            m.contains("weir_limiter_decisions_total{outcome=\"admitted\"}"),
+            "{m}"
+        );
+        assert!(m.contains("weir_upstream_latency_seconds"), "{m}");
+    }
+
+    #[tokio::test]
+    async fn graceful_shutdown_drains_in_flight_requests() {
+        let route = "[[routes]]\nname = \"slow\"\nprefix = \"/v1/slow\"\nupstream = \"demo\"\nauth = false\n";
+        let mut gw = start(&config(route, &temp_db("o2"))).await;
+        let url = gw.url("/v1/slow?ms=700");
+        let in_flight =
+            tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stopping = gw.begin_stop();
+        let status = in_flight
+            .await
+            .expect("task")
+            .expect("the in-flight request completed");
+        assert_eq!(status, StatusCode::OK);
+        stopping.await.expect("server stopped");
+        assert!(
+            client().get(gw.url("/v1/slow")).send().await.is_err(),
+            "no longer accepting"
+        );
+    }
+
+    #[tokio::test]
+    async fn reload_swaps_limits_keeping_state_and_connections() {
+        let gw = start(&config(&format!("{ECHO}{PLANS}"), &temp_db("o3"))).await;
+        let c = client();
+        for _ in 0..4 {
+            c.get(gw.url("/v1/echo"))
+                .bearer_auth("free-secret")
+                .send()
+                .await
+                .expect("send");
+        }
+        let text =
+            config(&format!("{ECHO}{PLANS}"), &temp_db("o3b")).replace("free = 10", "free = 5");
+        let mut cfg = weir_gateway::Config::parse(&text).expect("config");
+        cfg.listen = gw.addr;
+        cfg.admin_listen = gw.admin;
+        cfg.idempotency = gw.gateway.runtime().config.idempotency.clone();
+        gw.gateway.reload(cfg).expect("reload");
+        // Same client, same keep-alive connection. The org's bucket is whole again 24 s from
+        // now (4 requests x 6 s at 10/min); read through 5/min (12 s each) that is 2
+        // requests' worth, so 3 more pass where a fresh bucket would pass 5.
+        let mut remaining = Vec::new();
+        loop {
+            let resp = c
+                .get(gw.url("/v1/echo"))
+                .bearer_auth("free-secret")
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(resp.headers()["x-ratelimit-limit"], "5");
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+                break;
+            }
+            remaining.push(
+                resp.headers()["x-ratelimit-remaining"]
+                    .to_str()
+                    .expect("ascii")
+                    .to_owned(),
+            );
+        }
+        assert_eq!(remaining, ["2", "1", "0"], "state carried over the reload");
+    }
+
+    #[tokio::test]
+    async fn config_errors_name_file_key_path_and_problem() {
+        let dir = std::env::temp_dir().join(format!("weir-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("bad.toml");
+        std::fs::write(
+            &file,
+            "[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstream = \"missing\"\n",
+        )
+        .expect("write");
+        let e = weir_gateway::Config::load(&file).expect_err("invalid");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("bad.toml")
+                && msg.contains("routes[0].upstream")
+                && msg.contains("unknown upstream"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_example_configuration_serves() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/weir.toml");
+        let mut cfg = weir_gateway::Config::load(std::path::Path::new(path))
+            .expect("examples/weir.toml is valid");
+        cfg.listen = "127.0.0.1:0".parse().expect("addr");
+        cfg.admin_listen = "127.0.0.1:0".parse().expect("addr");
+        cfg.idempotency.path = temp_db("example").into();
+        let gw = support::start_config(cfg).await;
+        let c = client();
+        let resp = c
+            .get(gw.url("/v1/echo"))
+            .bearer_auth("demo-free")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["x-ratelimit-limit"], "10");
+        assert!(resp.headers().contains_key("ratelimit-policy"));
+        let resp = c
+            .post(gw.url("/v1/documents"))
+            .bearer_auth("demo-max")
+            .header("content-type", "application/pdf")
+            .header("idempotency-key", "readme-1")
+            .body("%PDF-1.7")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let resp = c
+            .post(gw.url("/v1/documents"))
+            .bearer_auth("demo-pro")
+            .header("content-type", "image/png")
+            .body("x")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(
+            json(resp).await["detail"]["hint"],
+            "Supported formats: PDF, DOCX, XLSX, TXT, CSV, JSON, HTML, MD"
+        );
+    }
+}
