@@ -175,6 +175,14 @@ struct RawIdempotency {
     lock_timeout: String,
     #[serde(default = "default_idem_max")]
     max_response_bytes: String,
+    #[serde(default = "default_idem_store")]
+    store: String,
+    #[serde(default)]
+    url: Option<String>,
+}
+
+fn default_idem_store() -> String {
+    "embedded".into()
 }
 
 impl Default for RawIdempotency {
@@ -184,6 +192,8 @@ impl Default for RawIdempotency {
             ttl: default_idem_ttl(),
             lock_timeout: default_idem_lock(),
             max_response_bytes: default_idem_max(),
+            store: default_idem_store(),
+            url: None,
         }
     }
 }
@@ -432,6 +442,10 @@ pub struct IdempotencyConfig {
     pub lock_timeout: Duration,
     /// Largest response stored for replay.
     pub max_response_bytes: u64,
+    /// Redis URL when records live in Redis (`store = "redis"`); `None`: the embedded file.
+    pub redis_url: Option<String>,
+    /// Key prefix in Redis.
+    pub redis_prefix: String,
 }
 
 /// The checked configuration.
@@ -609,6 +623,28 @@ impl Config {
                 "idempotency.max_response_bytes",
                 &raw.idempotency.max_response_bytes,
             )?,
+            redis_url: match raw.idempotency.store.as_str() {
+                "embedded" => None,
+                "redis" => Some(
+                    raw.idempotency
+                        .url
+                        .clone()
+                        .or_else(|| raw.store.url.clone())
+                        .ok_or_else(|| {
+                            err(
+                                "idempotency.url",
+                                "with store = \"redis\", set idempotency.url (or store.url)",
+                            )
+                        })?,
+                ),
+                other => {
+                    return Err(err(
+                        "idempotency.store",
+                        format!("{other:?}: use embedded or redis"),
+                    ))
+                }
+            },
+            redis_prefix: raw.store.prefix.clone(),
         };
         let mut upstreams = BTreeMap::new();
         for (name, u) in &raw.upstreams {

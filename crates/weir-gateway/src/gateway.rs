@@ -21,7 +21,7 @@
 use crate::breaker::{Admission, Breaker};
 use crate::client_ip::client_ip;
 use crate::config::{Config, CostFrom, RouteConfig, StoreConfig};
-use crate::idempotency::{self, Begin, IdempotencyStore, StoredResponse};
+use crate::idempotency::{self, Begin, Idempotency, IdempotencyStore, StoredResponse};
 use crate::identity::{self, ApiKey, AuthFailure};
 use crate::respond::{self, Refusal};
 use arc_swap::ArcSwap;
@@ -109,7 +109,7 @@ pub struct Runtime {
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     limiter: AnyLimiter,
-    idempotency: Option<Arc<IdempotencyStore>>,
+    idempotency: Option<Arc<Idempotency>>,
     client: Client<HttpConnector, Body>,
     demo_url: Option<String>,
 }
@@ -209,11 +209,20 @@ impl Gateway {
         };
         let idempotency = if config.routes.iter().any(|r| r.idempotency) {
             let c = &config.idempotency;
-            let (path, ttl, lock) = (c.path.clone(), c.ttl, c.lock_timeout);
-            let store =
-                tokio::task::spawn_blocking(move || IdempotencyStore::open(&path, ttl, lock))
+            let store = match &c.redis_url {
+                Some(url) => {
+                    Idempotency::redis(url, &c.redis_prefix, c.ttl, c.lock_timeout).await?
+                }
+                None => {
+                    let (path, ttl, lock) = (c.path.clone(), c.ttl, c.lock_timeout);
+                    let store = tokio::task::spawn_blocking(move || {
+                        IdempotencyStore::open(&path, ttl, lock)
+                    })
                     .await
                     .map_err(|e| GatewayError::Store(e.to_string()))??;
+                    Idempotency::Embedded(Arc::new(store))
+                }
+            };
             Some(Arc::new(store))
         } else {
             None
@@ -542,27 +551,23 @@ impl Gateway {
                     .map_or(path, |p| p.as_str())
                     .to_owned();
                 let fp = idempotency::fingerprint(method.as_str(), &pq, &bytes);
-                let (s, sc, f) = (store.clone(), scope.clone(), fp.clone());
-                let begun = tokio::task::spawn_blocking(move || s.begin(&sc, &f)).await;
-                match begun {
-                    Ok(Ok(Begin::Proceed)) => idem = Some((scope, fp)),
-                    Ok(Ok(Begin::InProgress)) => {
+                match store.begin(&scope, &fp).await {
+                    Ok(Begin::Proceed) => idem = Some((scope, fp)),
+                    Ok(Begin::InProgress) => {
                         return Err(Refusal::code("IDEMPOTENCY_IN_PROGRESS")
                             .hint("Retry after a second with the same key.")
                             .retry_after(1))
                     }
-                    Ok(Ok(Begin::Mismatch)) => {
+                    Ok(Begin::Mismatch) => {
                         return Err(Refusal::code("IDEMPOTENCY_KEY_REUSED")
                             .hint("Use a new Idempotency-Key for a different request."))
                     }
-                    Ok(Ok(Begin::Replay(stored))) => return Ok(replay(stored, k)),
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "idempotency store");
-                        return Err(Refusal::code("SERVICE_UNAVAILABLE").retry_after(1));
-                    }
+                    Ok(Begin::Replay(stored)) => return Ok(replay(stored, k)),
                     Err(e) => {
-                        tracing::warn!(error = %e, "idempotency store task");
-                        return Err(Refusal::code("SERVICE_UNAVAILABLE").retry_after(1));
+                        tracing::warn!(error = %e, "idempotency store");
+                        return Err(Refusal::code("SERVICE_UNAVAILABLE")
+                            .hint("Idempotency keys cannot be checked right now.")
+                            .retry_after(1));
                     }
                 }
             }
@@ -854,12 +859,7 @@ impl Gateway {
             headers,
             body: bytes.to_vec(),
         };
-        let (s, sc, f) = (store, scope.to_owned(), fp.to_owned());
-        if let Ok(Err(e)) | Err(e) =
-            tokio::task::spawn_blocking(move || s.complete(&sc, &f, stored))
-                .await
-                .map_err(|e| idempotency_join(&e))
-        {
+        if let Err(e) = store.complete(scope, fp, stored).await {
             tracing::warn!(error = %e, "idempotency store");
         }
         let mut resp = Response::from_parts(parts, Body::from(bytes));
@@ -869,17 +869,12 @@ impl Gateway {
     }
 
     async fn forget(&self, scope: &str) {
-        if let Some(store) = self.idempotency.clone() {
-            let sc = scope.to_owned();
-            let _ = tokio::task::spawn_blocking(move || store.abandon(&sc)).await;
+        if let Some(store) = &self.idempotency {
+            if let Err(e) = store.abandon(scope).await {
+                tracing::warn!(error = %e, "idempotency store");
+            }
         }
     }
-}
-
-fn idempotency_join(e: &tokio::task::JoinError) -> idempotency::IdempotencyError {
-    // A panicked or cancelled blocking task is reported like a store error.
-    let _ = e;
-    idempotency::IdempotencyError::from_join()
 }
 
 fn replay(stored: StoredResponse, key: &str) -> Response<Body> {

@@ -6,9 +6,11 @@
 //! a different request (method, path or body) gets 422. Keys are scoped per API key and
 //! forgotten after the TTL (24 h by default).
 //!
-//! Records live in a `redb` file, so they survive a restart. What is stored: any upstream
-//! response except 5xx and 429, which leave the key free so the client's retry runs again.
-//! Requests refused before they run (validation, limits) store nothing.
+//! Records live in a `redb` file by default, so they survive a restart, or in Redis
+//! ([`Idempotency::redis`]) so that every gateway instance sees the same keys. What is
+//! stored: any upstream response except 5xx and 429, which leave the key free so the
+//! client's retry runs again. Requests refused before they run (validation, limits) store
+//! nothing.
 
 use redb::{Database, ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
@@ -300,5 +302,163 @@ mod tests {
         assert_eq!(parse_key(""), None);
         assert_eq!(parse_key(&"a".repeat(256)), None);
         assert_eq!(parse_key("a\u{7}b"), None);
+    }
+}
+
+/// The idempotency store the gateway uses: embedded (`redb`) or Redis.
+pub enum Idempotency {
+    /// The embedded database (blocking calls run on tokio's blocking pool).
+    Embedded(std::sync::Arc<IdempotencyStore>),
+    /// Redis: records are keys with a TTL; the first request's lock is `SET NX PX`.
+    Redis {
+        /// The connection.
+        conn: redis::aio::ConnectionManager,
+        /// Key prefix.
+        prefix: String,
+        /// Record lifetime.
+        ttl: Duration,
+        /// In-progress lock lifetime.
+        lock_timeout: Duration,
+    },
+}
+
+impl std::fmt::Debug for Idempotency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Idempotency::Embedded(_) => "Idempotency::Embedded",
+            Idempotency::Redis { .. } => "Idempotency::Redis",
+        })
+    }
+}
+
+const REDIS_BEGIN: &str = r"
+-- KEYS[1] the record; ARGV[1] 'P' .. fingerprint; ARGV[2] lock TTL in ms.
+-- Returns false after locking a fresh key, else the stored value.
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+";
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Idempotency {
+    /// Connects to Redis for idempotency records.
+    pub async fn redis(
+        url: &str,
+        prefix: &str,
+        ttl: Duration,
+        lock_timeout: Duration,
+    ) -> Result<Idempotency, IdempotencyError> {
+        let client = redis::Client::open(url).map_err(e)?;
+        let conn = redis::aio::ConnectionManager::new(client)
+            .await
+            .map_err(e)?;
+        Ok(Idempotency::Redis {
+            conn,
+            prefix: format!("{prefix}:idem:"),
+            ttl,
+            lock_timeout,
+        })
+    }
+
+    /// See [`IdempotencyStore::begin`].
+    pub async fn begin(&self, key: &str, fp: &str) -> Result<Begin, IdempotencyError> {
+        match self {
+            Idempotency::Embedded(s) => {
+                let (s, k, f) = (s.clone(), key.to_owned(), fp.to_owned());
+                tokio::task::spawn_blocking(move || s.begin(&k, &f))
+                    .await
+                    .map_err(|_| IdempotencyError::from_join())?
+            }
+            Idempotency::Redis {
+                conn,
+                prefix,
+                lock_timeout,
+                ..
+            } => {
+                let mut c = conn.clone();
+                let script = redis::Script::new(REDIS_BEGIN);
+                let stored: Option<Vec<u8>> = script
+                    .key(format!("{prefix}{key}"))
+                    .arg(format!("P{fp}"))
+                    .arg(ms(*lock_timeout))
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(e)?;
+                Ok(match stored {
+                    None => Begin::Proceed,
+                    Some(v) => match v.split_first() {
+                        Some((b'P', f)) if f == fp.as_bytes() => Begin::InProgress,
+                        Some((b'D', rest)) => match decode(rest) {
+                            Some(meta) if meta.fingerprint == fp => {
+                                meta.done.map_or(Begin::InProgress, Begin::Replay)
+                            }
+                            _ => Begin::Mismatch,
+                        },
+                        _ => Begin::Mismatch,
+                    },
+                })
+            }
+        }
+    }
+
+    /// See [`IdempotencyStore::complete`].
+    pub async fn complete(
+        &self,
+        key: &str,
+        fp: &str,
+        response: StoredResponse,
+    ) -> Result<(), IdempotencyError> {
+        match self {
+            Idempotency::Embedded(s) => {
+                let (s, k, f) = (s.clone(), key.to_owned(), fp.to_owned());
+                tokio::task::spawn_blocking(move || s.complete(&k, &f, response))
+                    .await
+                    .map_err(|_| IdempotencyError::from_join())?
+            }
+            Idempotency::Redis {
+                conn, prefix, ttl, ..
+            } => {
+                let meta = Meta {
+                    fingerprint: fp.to_owned(),
+                    created_ms: now_ms(),
+                    done: Some(response),
+                };
+                let mut value = vec![b'D'];
+                value.extend(encode(&meta)?);
+                let mut c = conn.clone();
+                redis::cmd("SET")
+                    .arg(format!("{prefix}{key}"))
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ms(*ttl))
+                    .query_async::<()>(&mut c)
+                    .await
+                    .map_err(e)
+            }
+        }
+    }
+
+    /// See [`IdempotencyStore::abandon`].
+    pub async fn abandon(&self, key: &str) -> Result<(), IdempotencyError> {
+        match self {
+            Idempotency::Embedded(s) => {
+                let (s, k) = (s.clone(), key.to_owned());
+                tokio::task::spawn_blocking(move || s.abandon(&k))
+                    .await
+                    .map_err(|_| IdempotencyError::from_join())?
+            }
+            Idempotency::Redis { conn, prefix, .. } => {
+                let mut c = conn.clone();
+                redis::cmd("DEL")
+                    .arg(format!("{prefix}{key}"))
+                    .query_async::<()>(&mut c)
+                    .await
+                    .map_err(e)
+            }
+        }
     }
 }

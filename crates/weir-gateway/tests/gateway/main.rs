@@ -973,3 +973,59 @@ mod operations {
         );
     }
 }
+
+#[path = "../../../weir-limit/tests/support/redis_server.rs"]
+mod redis_server;
+
+mod redis_backed {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_gateway_instances_share_limits_and_idempotency_keys_through_redis() {
+        let server = redis_server::RedisServer::start();
+        let shared = format!(
+            "[store]\nkind = \"redis\"\nurl = \"{url}\"\ndeadline = \"500ms\"\n{ECHO}{DOCS}{PLANS}",
+            url = server.url()
+        );
+        let text = |db: &str| {
+            config(&shared, db).replace("ttl = \"24h\"", "ttl = \"24h\"\nstore = \"redis\"")
+        };
+        let a = start(&text(&temp_db("r1"))).await;
+        let b = start(&text(&temp_db("r2"))).await;
+        let c = client();
+        let mut ok = 0;
+        for i in 0..14 {
+            let gw = if i % 2 == 0 { &a } else { &b };
+            let resp = c
+                .get(gw.url("/v1/echo"))
+                .bearer_auth("free-secret")
+                .send()
+                .await
+                .expect("send");
+            if resp.status() == StatusCode::OK {
+                ok += 1;
+            } else {
+                assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+            }
+        }
+        assert_eq!(ok, 10, "the free org's 10/min holds across both instances");
+        let post = |gw: &support::Running| {
+            c.post(gw.url("/v1/documents"))
+                .bearer_auth("pro-secret")
+                .header("content-type", "text/plain")
+                .header("idempotency-key", "shared-1")
+                .body("hello")
+                .send()
+        };
+        let first = post(&a).await.expect("send");
+        assert_eq!(first.status(), StatusCode::CREATED);
+        let first = json(first).await;
+        let again = post(&b).await.expect("send");
+        assert_eq!(
+            again.headers()["idempotent-replayed"],
+            "true",
+            "instance B replays A's response"
+        );
+        assert_eq!(json(again).await, first);
+    }
+}

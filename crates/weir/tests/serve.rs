@@ -1,0 +1,196 @@
+//! `weir serve` as a process: it starts from a file, logs one JSON line per request with
+//! no secret in it, reloads on SIGHUP without dropping limiter state, refuses a bad
+//! config before listening, and drains on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn config(port: u16, admin: u16, free_per_minute: u32, dir: &std::path::Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+[idempotency]
+path = "{db}"
+[upstreams.demo]
+url = "builtin:demo"
+[[routes]]
+name = "echo"
+prefix = "/v1/echo"
+upstream = "demo"
+[[limits]]
+name = "org-minute"
+scope = ["organisation"]
+window = "60s"
+per_plan = {{ free = {free_per_minute} }}
+[[keys]]
+id = "key-id-1"
+key = "super-secret-key-value"
+user = "u1"
+organisation = "o1"
+plan = "free"
+"#,
+        db = dir.join("idem.redb").display()
+    )
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_listening(port: u16) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "weir serve did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn get(port: u16) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(b"GET /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer super-secret-key-value\r\nConnection: close\r\n\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let limit = out
+        .lines()
+        .find_map(|l| l.strip_prefix("x-ratelimit-limit: "))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    (status, limit)
+}
+
+#[test]
+fn serve_logs_reloads_on_sighup_and_drains_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("weir-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (port, admin) = (free_port(), free_port());
+    let file = dir.join("weir.toml");
+    std::fs::write(&file, config(port, admin, 10, &dir)).expect("write");
+    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--config"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut proc = Proc(child);
+    wait_listening(port);
+    for _ in 0..3 {
+        assert_eq!(get(port), (200, "10".to_owned()));
+    }
+    // Tighten the plan and send SIGHUP: the running process applies it, keeping state.
+    std::fs::write(&file, config(port, admin, 4, &dir)).expect("write");
+    let pid = proc.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let start = Instant::now();
+    let mut seen = get(port);
+    while seen.1 != "4" && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        seen = get(port);
+    }
+    assert_eq!(seen.1, "4", "reloaded");
+    // An invalid file on SIGHUP is refused; the previous configuration keeps serving.
+    std::fs::write(&file, "[server]\nlisten = 5\n").expect("write");
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(port).1, "4");
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let status = proc.0.wait().expect("wait");
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    let mut logs = String::new();
+    if let Some(out) = proc.0.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            logs.push_str(&line);
+            logs.push('\n');
+        }
+    }
+    let access: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"weir::access\""))
+        .collect();
+    assert!(access.len() >= 5, "{logs}");
+    for line in &access {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+        let f = &v["fields"];
+        assert!(
+            f["request_id"].is_string() && f["status"].is_number() && f["latency_ms"].is_number(),
+            "{line}"
+        );
+        assert_eq!(f["key_id"], "key-id-1");
+    }
+    assert!(
+        !logs.contains("super-secret-key-value"),
+        "no secret reaches a log"
+    );
+    assert!(logs.contains("reload refused"), "{logs}");
+}
+
+#[test]
+fn bad_config_is_reported_before_listening() {
+    let dir = std::env::temp_dir().join(format!("weir-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        "[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstream = \"ghost\"\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("routes[0].upstream") && err.contains("ghost"),
+        "{err}"
+    );
+}
+
+#[test]
+fn hash_key_prints_a_config_hash() {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["hash-key", "demo-free"])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.trim().starts_with("sha256:") && text.trim().len() == 71,
+        "{text}"
+    );
+    assert!(!text.contains("demo-free"));
+}
