@@ -243,68 +243,6 @@ impl IdempotencyStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn store(name: &str, ttl: Duration) -> IdempotencyStore {
-        let path =
-            std::env::temp_dir().join(format!("weir-idem-{}-{name}.redb", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        IdempotencyStore::open(&path, ttl, Duration::from_secs(60)).expect("open")
-    }
-
-    #[test]
-    fn lifecycle() {
-        let s = store("life", Duration::from_secs(3600));
-        assert_eq!(s.begin("k1\u{1f}a", "fp").expect("db"), Begin::Proceed);
-        assert_eq!(s.begin("k1\u{1f}a", "fp").expect("db"), Begin::InProgress);
-        assert_eq!(s.begin("k1\u{1f}a", "other").expect("db"), Begin::Mismatch);
-        let r = StoredResponse {
-            status: 201,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: b"{\"id\":1}".to_vec(),
-        };
-        s.complete("k1\u{1f}a", "fp", r.clone()).expect("db");
-        assert_eq!(s.begin("k1\u{1f}a", "fp").expect("db"), Begin::Replay(r));
-        assert_eq!(
-            s.begin("k2\u{1f}a", "fp").expect("db"),
-            Begin::Proceed,
-            "scoped per API key"
-        );
-        s.abandon("k2\u{1f}a").expect("db");
-        assert_eq!(s.begin("k2\u{1f}a", "fp").expect("db"), Begin::Proceed);
-    }
-
-    #[test]
-    fn expired_records_are_forgotten() {
-        let s = store("ttl", Duration::ZERO);
-        s.complete(
-            "k",
-            "fp",
-            StoredResponse {
-                status: 200,
-                headers: vec![],
-                body: vec![],
-            },
-        )
-        .expect("db");
-        assert_eq!(s.begin("k", "fp").expect("db"), Begin::Proceed);
-    }
-
-    #[test]
-    fn key_syntax() {
-        assert_eq!(
-            parse_key("\"8e03978e-40d5-43e8-bc93-6894a57f9324\""),
-            Some("8e03978e-40d5-43e8-bc93-6894a57f9324")
-        );
-        assert_eq!(parse_key("abc"), Some("abc"));
-        assert_eq!(parse_key(""), None);
-        assert_eq!(parse_key(&"a".repeat(256)), None);
-        assert_eq!(parse_key("a\u{7}b"), None);
-    }
-}
-
 /// The idempotency store the gateway uses: embedded (`redb`) or Redis.
 pub enum Idempotency {
     /// The embedded database (blocking calls run on tokio's blocking pool).
@@ -460,5 +398,67 @@ impl Idempotency {
                     .map_err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(name: &str, ttl: Duration) -> IdempotencyStore {
+        let path =
+            std::env::temp_dir().join(format!("weir-idem-{}-{name}.redb", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        IdempotencyStore::open(&path, ttl, Duration::from_secs(60)).expect("open")
+    }
+
+    #[test]
+    fn lifecycle() {
+        let s = store("life", Duration::from_secs(3600));
+        assert_eq!(s.begin("k1\u{1f}a", "fp").expect("db"), Begin::Proceed);
+        assert_eq!(s.begin("k1\u{1f}a", "fp").expect("db"), Begin::InProgress);
+        assert_eq!(s.begin("k1\u{1f}a", "other").expect("db"), Begin::Mismatch);
+        let r = StoredResponse {
+            status: 201,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: b"{\"id\":1}".to_vec(),
+        };
+        s.complete("k1\u{1f}a", "fp", r.clone()).expect("db");
+        assert_eq!(s.begin("k1\u{1f}a", "fp").expect("db"), Begin::Replay(r));
+        assert_eq!(
+            s.begin("k2\u{1f}a", "fp").expect("db"),
+            Begin::Proceed,
+            "scoped per API key"
+        );
+        s.abandon("k2\u{1f}a").expect("db");
+        assert_eq!(s.begin("k2\u{1f}a", "fp").expect("db"), Begin::Proceed);
+    }
+
+    #[test]
+    fn expired_records_are_forgotten() {
+        let s = store("ttl", Duration::ZERO);
+        s.complete(
+            "k",
+            "fp",
+            StoredResponse {
+                status: 200,
+                headers: vec![],
+                body: vec![],
+            },
+        )
+        .expect("db");
+        assert_eq!(s.begin("k", "fp").expect("db"), Begin::Proceed);
+    }
+
+    #[test]
+    fn key_syntax() {
+        assert_eq!(
+            parse_key("\"8e03978e-40d5-43e8-bc93-6894a57f9324\""),
+            Some("8e03978e-40d5-43e8-bc93-6894a57f9324")
+        );
+        assert_eq!(parse_key("abc"), Some("abc"));
+        assert_eq!(parse_key(""), None);
+        assert_eq!(parse_key(&"a".repeat(256)), None);
+        assert_eq!(parse_key("a\u{7}b"), None);
     }
 }
