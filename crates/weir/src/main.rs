@@ -8,6 +8,11 @@ mod explain;
 mod serve;
 
 use clap::Parser;
+
+/// mimalloc: the gateway allocates per request (headers, bodies, futures) on several
+/// threads; glibc's arenas contend there, mimalloc's thread-local heaps do not.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 /// Exit code for usage errors (bad flags, unreadable files), as clap and most CLIs use.

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Load benchmark for `weir serve` (issue 5), in one run on one machine:
+#   (1) the upstream directly, (2) weir -> upstream with limits and every header on,
+#   (3) nginx with limit_req -> the same upstream.
+# The upstream is nginx returning a small JSON body. Needs: nginx, wrk (Debian packages
+# nginx-light or nginx, and wrk). Usage: bench/gateway-load.sh [seconds] [connections]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${1:-10}"
+CONNS="${2:-64}"
+command -v nginx >/dev/null || { echo "needs nginx (apt-get install nginx-light)"; exit 2; }
+command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 2; }
+cargo build --release -q -p weir
+WORK="$(mktemp -d)"
+trap 'kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null || true; pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port); NG=$(free_port); WEIR=$(free_port); ADMIN=$(free_port)
+
+mkdir -p "$WORK/up" "$WORK/ng"
+cat > "$WORK/up/nginx.conf" <<CONF
+daemon off; worker_processes 1; pid $WORK/up.pid; error_log $WORK/up/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP;
+    location / { default_type application/json; return 200 '{"ok":true,"from":"upstream"}'; } } }
+CONF
+cat > "$WORK/ng/nginx.conf" <<CONF
+daemon off; worker_processes auto; pid $WORK/ng.pid; error_log $WORK/ng/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  limit_req_zone \$binary_remote_addr zone=perip:10m rate=1000000r/s;
+  upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server { listen 127.0.0.1:$NG;
+    location / { limit_req zone=perip burst=1000000 nodelay; limit_req_status 429;
+      proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+cat > "$WORK/weir.toml" <<CONF
+[server]
+listen = "127.0.0.1:$WEIR"
+admin_listen = "127.0.0.1:$ADMIN"
+ratelimit_fields = true
+[upstreams.up]
+url = "http://127.0.0.1:$UP"
+[[routes]]
+name = "api"
+prefix = "/v1"
+upstream = "up"
+[[limits]]
+name = "org-minute"
+scope = ["organisation"]
+window = "60s"
+per_plan = { bench = 100000000 }
+[[limits]]
+name = "ip-10s"
+scope = ["ip"]
+window = "10s"
+count = 100000000
+[[limits]]
+name = "user-minute"
+scope = ["user"]
+window = "60s"
+count = 100000000
+[[keys]]
+id = "bench"
+key = "bench-key"
+user = "bench-user"
+organisation = "bench-org"
+plan = "bench"
+CONF
+nginx -c "$WORK/up/nginx.conf" -p "$WORK/up" & echo $! > "$WORK/up-master.pid"
+nginx -c "$WORK/ng/nginx.conf" -p "$WORK/ng" & echo $! > "$WORK/ng-master.pid"
+WEIR_LOG=warn ./target/release/weir serve --config "$WORK/weir.toml" > "$WORK/weir.log" 2>&1 & echo $! > "$WORK/weir.pid"
+for p in $UP $NG $WEIR; do for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done; done
+
+run() { # name url extra-header
+  local out; out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -H "$3" "$2")
+  local rps p50 p99 non2xx
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out"); non2xx=${non2xx:-0}
+  echo "$1|$rps|$p50|$p99|$non2xx"
+}
+# Warm-up, then the three measurements back to back.
+wrk -t1 -c8 -d2s -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" >/dev/null
+direct=$(run "upstream directly" "http://127.0.0.1:$UP/v1/x" "X-Bench: 1")
+weir=$(run "weir -> upstream" "http://127.0.0.1:$WEIR/v1/x" "Authorization: Bearer bench-key")
+ngx=$(run "nginx limit_req -> upstream" "http://127.0.0.1:$NG/v1/x" "X-Bench: 1")
+curl -s -D - -o /dev/null -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" | grep -iE '^(x-ratelimit|ratelimit|x-request-id)' > "$WORK/headers.txt" || true
+
+echo "wrk -t2 -c$CONNS -d${DURATION}s, $(nproc) cores; weir checks 3 limits (org plan, IP, user) and sends X-RateLimit-*, RateLimit, RateLimit-Policy, X-Request-Id on every response"
+echo
+echo "| setup | requests/s | p50 | p99 | non-2xx |"
+echo "|---|---|---|---|---|"
+for row in "$direct" "$weir" "$ngx"; do IFS='|' read -r n r a b x <<<"$row"; echo "| $n | $r | $a | $b | $x |"; done
+wr=$(cut -d'|' -f2 <<<"$weir"); nr=$(cut -d'|' -f2 <<<"$ngx")
+echo
+echo "weir / nginx throughput: $(python3 -c "print(f'{$wr/$nr:.2f}x')")"
+echo "headers weir sent:"; sed 's/^/    /' "$WORK/headers.txt"
