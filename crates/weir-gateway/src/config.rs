@@ -359,20 +359,8 @@ pub enum StoreConfig {
     Redis(weir_limit::store::redis::RedisConfig),
 }
 
-/// Circuit-breaker settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakerConfig {
-    /// Opens at or above this failure ratio…
-    pub failure_ratio: f64,
-    /// …over this window…
-    pub window: Duration,
-    /// …once at least this many requests were seen in it.
-    pub min_requests: u64,
-    /// Stays open this long, then lets probes through.
-    pub open_for: Duration,
-    /// Probes allowed while half-open.
-    pub half_open_probes: u64,
-}
+/// Circuit-breaker settings (shared with the client).
+pub use weir_limit::breaker::BreakerConfig;
 
 /// An upstream.
 #[derive(Debug, Clone, PartialEq)]

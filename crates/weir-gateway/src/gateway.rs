@@ -18,7 +18,6 @@
 //! Every response, errors included, carries `X-Request-Id` and the rate-limit headers of
 //! the decision; errors carry the request id in their body.
 
-use crate::breaker::{Admission, Breaker};
 use crate::client_ip::client_ip;
 use crate::config::{Config, CostFrom, RouteConfig, StoreConfig};
 use crate::idempotency::{self, Begin, Idempotency, IdempotencyStore, StoredResponse};
@@ -37,6 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use weir_contract::headers::{request_id::is_valid_request_id, TraceParent};
 use weir_contract::Dialect;
+use weir_limit::breaker::{Admission, Breaker};
 use weir_limit::store::redis::RedisStore;
 use weir_limit::{
     Decision, LimitError, Limiter, MemoryStore, MethodClass, Outcome, Policy, SystemClock,

@@ -6,7 +6,6 @@
 //! their own for any axum app. Configuration: [`config`] and `docs/configuration.md`.
 
 pub mod body;
-pub mod breaker;
 pub mod client_ip;
 pub mod config;
 pub mod demo;

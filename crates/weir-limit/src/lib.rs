@@ -28,6 +28,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod breaker;
 pub mod clock;
 pub mod gcra;
 pub mod limiter;

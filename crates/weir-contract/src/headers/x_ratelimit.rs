@@ -78,7 +78,21 @@ pub struct XRateLimit {
     pub reset: Option<Reset>,
 }
 
-const PREFIXES: [&str; 2] = ["x-ratelimit-", "x-rate-limit-"];
+/// `[limit, remaining, reset]` header names per spelling: looked up without building
+/// strings, so reading them allocates nothing.
+const SPELLINGS: [[&str; 3]; 2] = [
+    [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    ],
+    [
+        "x-rate-limit-limit",
+        "x-rate-limit-remaining",
+        "x-rate-limit-reset",
+    ],
+];
+const DRAFT_06: [&str; 3] = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"];
 
 impl XRateLimit {
     /// Header names weir emits.
@@ -94,28 +108,25 @@ impl XRateLimit {
         headers: &(impl HeaderLookup + ?Sized),
         now_unix: u64,
     ) -> Option<XRateLimit> {
-        let mut name = String::with_capacity(24);
-        let mut get = |prefix: &str, field: &str| -> Option<&str> {
-            name.clear();
-            name.push_str(prefix);
-            name.push_str(field);
-            headers.first_value(&name)
-        };
-        for prefix in PREFIXES {
+        for [limit, remaining, reset] in SPELLINGS {
             let found = XRateLimit {
-                limit: get(prefix, "limit").and_then(first_number),
-                remaining: get(prefix, "remaining").and_then(first_number),
-                reset: get(prefix, "reset").and_then(|v| Reset::parse(v, now_unix)),
+                limit: headers.first_value(limit).and_then(first_number),
+                remaining: headers.first_value(remaining).and_then(first_number),
+                reset: headers
+                    .first_value(reset)
+                    .and_then(|v| Reset::parse(v, now_unix)),
             };
             if !found.is_empty() {
                 return Some(found);
             }
         }
         // draft-ietf-httpapi-ratelimit-headers up to -06: Reset is delta-seconds.
+        let [limit, remaining, reset] = DRAFT_06;
         let found = XRateLimit {
-            limit: get("ratelimit-", "limit").and_then(first_number),
-            remaining: get("ratelimit-", "remaining").and_then(first_number),
-            reset: get("ratelimit-", "reset")
+            limit: headers.first_value(limit).and_then(first_number),
+            remaining: headers.first_value(remaining).and_then(first_number),
+            reset: headers
+                .first_value(reset)
                 .and_then(first_number)
                 .map(|raw| Reset {
                     raw,

@@ -1,4 +1,4 @@
-//! A circuit breaker per upstream.
+//! A circuit breaker: the gateway keeps one per upstream, the client one per host.
 //!
 //! *Closed*: requests pass; outcomes are counted in a sliding window of ten buckets. When
 //! at least `min_requests` were seen in the window and the failure ratio reaches
@@ -7,10 +7,36 @@
 //! `half_open_probes` requests go through; one success closes it, one failure opens it
 //! again. Time is an argument (`now`), so tests are exact.
 
-use crate::config::BreakerConfig;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+/// Breaker settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    /// Opens at or above this failure ratio…
+    pub failure_ratio: f64,
+    /// …over this window…
+    pub window: Duration,
+    /// …once at least this many requests were seen in it.
+    pub min_requests: u64,
+    /// Stays open this long, then lets probes through.
+    pub open_for: Duration,
+    /// Probes allowed while half-open.
+    pub half_open_probes: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_ratio: 0.5,
+            window: Duration::from_secs(10),
+            min_requests: 20,
+            open_for: Duration::from_secs(5),
+            half_open_probes: 1,
+        }
+    }
+}
 
 /// The breaker's answer for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
