@@ -25,8 +25,8 @@ struct State {
     /// AIMD spacing when no headers are sent, and the earliest next send it allows.
     interval: Duration,
     next_free: Instant,
-    /// Sends whose responses have not arrived: the server's `remaining` does not count them yet.
-    in_flight: u64,
+    /// Sends made before the limit was known (charged once, when it is learned).
+    unlearned: u64,
 }
 
 /// One host+credential's pacer.
@@ -52,7 +52,7 @@ impl Default for Pacer {
                 tat: now,
                 interval: Duration::ZERO,
                 next_free: now,
-                in_flight: 0,
+                unlearned: 0,
             }),
         }
     }
@@ -79,9 +79,10 @@ impl Pacer {
         }
         if s.limit.is_some() {
             s.tat = s.tat.max(now) + s.emission;
+        } else {
+            s.unlearned += 1;
         }
         s.next_free = now + s.interval;
-        s.in_flight += 1;
         Ok(())
     }
 
@@ -98,11 +99,9 @@ impl Pacer {
         }
     }
 
-    /// A send that will never be observed (the connection failed).
-    pub fn forget_send(&self) {
-        let mut s = self.state.lock();
-        s.in_flight = s.in_flight.saturating_sub(1);
-    }
+    /// A send that will never be observed (the connection failed): nothing to undo — the
+    /// server's next answer resyncs the mirror. Kept so callers need not know that.
+    pub fn forget_send(&self) {}
 
     /// Learns from a response's headers (and status).
     pub fn observe(&self, headers: &(impl HeaderLookup + ?Sized), status: u16, now: Instant) {
@@ -110,9 +109,13 @@ impl Pacer {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let mut s = self.state.lock();
-        s.in_flight = s.in_flight.saturating_sub(1);
-        // The server's count does not include requests still on their way to it.
-        let pending = s.in_flight;
+        // The first time the limit is learned, sends made before it count too (they may
+        // not have reached the server yet); afterwards every send is charged as it leaves.
+        let pending = if s.limit.is_none() {
+            std::mem::take(&mut s.unlearned)
+        } else {
+            0
+        };
         let mut learned = false;
         let (policies, items) = ratelimit::from_headers(headers);
         if let Some(item) = items
@@ -127,7 +130,7 @@ impl Pacer {
                     s.limit = Some(p.quota);
                     s.emission =
                         Duration::from_secs(w) / u32::try_from(p.quota).unwrap_or(u32::MAX);
-                    let used = p.quota.saturating_sub(item.remaining) + pending;
+                    let used = p.quota.saturating_sub(item.remaining).max(pending);
                     s.tat = s
                         .tat
                         .max(now + s.emission * u32::try_from(used).unwrap_or(u32::MAX));
@@ -152,7 +155,7 @@ impl Pacer {
                             s.limit = Some(l);
                             s.tat = s.tat.max(
                                 now + s.emission
-                                    * u32::try_from(used + pending).unwrap_or(u32::MAX),
+                                    * u32::try_from(used.max(pending)).unwrap_or(u32::MAX),
                             );
                             learned = true;
                         }

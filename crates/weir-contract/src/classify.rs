@@ -2,7 +2,9 @@
 //!
 //! The rules, in order:
 //! 1. A body that carries an explicit `retryable` flag (the MCP envelope, or the extension
-//!    member in other dialects) wins over the status: the server knows best.
+//!    member in other dialects) wins over the status: the server knows best. Except on
+//!    401: `retryable: false` there means "not with these credentials", and refreshing
+//!    them is exactly the remedy, so 401 always means refresh-then-retry-once.
 //! 2. 2xx/3xx are not errors.
 //! 3. 401: refresh credentials, then retry once.
 //! 4. 403 with `Retry-After`, `X-RateLimit-Remaining: 0` or an exhausted `RateLimit` item is
@@ -173,7 +175,10 @@ pub fn classify(
     error: Option<&ApiError>,
     now: SystemTime,
 ) -> Decision {
-    if let Some(flag) = error.and_then(|e| e.retryable) {
+    if let Some(flag) = error
+        .and_then(|e| e.retryable)
+        .filter(|_| status != Some(401))
+    {
         return if flag {
             Decision::retry(
                 advertised_wait(headers, now),
@@ -319,6 +324,18 @@ mod tests {
         assert_eq!(
             classify(Some(400), &NO_HEADERS[..], Some(&e), at(0)).action,
             Action::Retry
+        );
+    }
+
+    #[test]
+    fn unauthorized_refreshes_even_when_the_body_says_not_retryable() {
+        let e = ApiError {
+            retryable: Some(false),
+            ..ApiError::default()
+        };
+        assert_eq!(
+            classify(Some(401), &NO_HEADERS[..], Some(&e), at(0)).action,
+            Action::RefreshAuthThenRetryOnce
         );
     }
 

@@ -18,6 +18,9 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Run the gateway: a reverse proxy enforcing the contract in front of your API.
     Serve(ServeArgs),
+    /// Call an API like curl, but by the contract: retries only what is transient, honours
+    /// Retry-After, paces itself from rate-limit headers.
+    Call(CallArgs),
     /// Print the hash of an API key, to put in the config's `hash = "…"`. Reads the key
     /// from standard input when it is not given (keeps it out of shell history).
     HashKey(HashKeyArgs),
@@ -41,6 +44,41 @@ pub struct ServeArgs {
     /// Check the configuration and exit.
     #[arg(long)]
     pub check: bool,
+}
+
+/// `weir call`.
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// The URL.
+    pub url: String,
+
+    /// The method (default GET, or POST with a body).
+    #[arg(short = 'X', long = "request", value_name = "METHOD")]
+    pub method: Option<String>,
+
+    /// A request header, as 'Name: value'. Repeat for several.
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+
+    /// The body: literal text, or '@FILE'.
+    #[arg(short = 'd', long = "data", value_name = "BODY")]
+    pub data: Option<String>,
+
+    /// Most attempts per request.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+
+    /// Deadline per request, in seconds (waits included).
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout: f64,
+
+    /// Send the request N times through one shared client and print a JSON summary.
+    #[arg(long, value_name = "N")]
+    pub repeat: Option<u64>,
+
+    /// How many of the repeated requests run at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub concurrency: u64,
 }
 
 /// `weir hash-key`.

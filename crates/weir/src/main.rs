@@ -4,6 +4,7 @@
 //! library crates together and turns their errors into one-line messages and exit codes.
 
 mod args;
+mod call;
 mod explain;
 mod serve;
 
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         args::Command::Explain(a) => explain::run(a),
         args::Command::Serve(a) => serve::run(a),
         args::Command::HashKey(a) => serve::hash_key(a),
+        args::Command::Call(a) => call::run(a),
     };
     match result {
         Ok(code) => code,

@@ -194,3 +194,99 @@ fn hash_key_prints_a_config_hash() {
     );
     assert!(!text.contains("demo-free"));
 }
+
+#[test]
+fn call_prints_the_body_and_repeat_prints_one_json_summary() {
+    let dir = std::env::temp_dir().join(format!("weir-call-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (port, admin) = (free_port(), free_port());
+    let file = dir.join("weir.toml");
+    std::fs::write(&file, config(port, admin, 5, &dir)).expect("write");
+    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--config"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let _proc = Proc(child);
+    wait_listening(port);
+    let url = format!("http://127.0.0.1:{port}/v1/echo");
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "call",
+            &url,
+            "-H",
+            "Authorization: Bearer super-secret-key-value",
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the upstream's JSON");
+    assert_eq!(body["key_id"], "key-id-1");
+    // No key: the error body on stdout, an explanation on stderr, exit 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["call", &url])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("AUTH_HEADER_MISSING") && err.contains("check the key"),
+        "{err}"
+    );
+    // 4 left of 5/min: 6 requests with a 3 s deadline each: 4 pass, 2 fail fast without
+    // a single 429 reaching the client (it paces itself from the headers).
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "call",
+            &url,
+            "-H",
+            "Authorization: Bearer super-secret-key-value",
+            "--repeat",
+            "6",
+            "--concurrency",
+            "3",
+            "--timeout",
+            "3",
+        ])
+        .output()
+        .expect("run");
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    let mut keys: Vec<&str> = v
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "attempts",
+            "elapsed_s",
+            "errors",
+            "failed",
+            "rate_limited",
+            "requests",
+            "succeeded"
+        ]
+    );
+    assert_eq!(
+        (
+            v["requests"].as_u64(),
+            v["succeeded"].as_u64(),
+            v["failed"].as_u64()
+        ),
+        (Some(6), Some(4), Some(2)),
+        "{v}"
+    );
+    assert_eq!(v["rate_limited"], 0);
+    assert_eq!(out.status.code(), Some(1));
+    let bad = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["call", "not a url"])
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2));
+}
