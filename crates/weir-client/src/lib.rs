@@ -15,12 +15,16 @@
 //! * One error type, [`CallError`], with the status, codes, message, hint, request id,
 //!   attempts and time waited.
 //!
+//! [`jobs`] polls async jobs (webhook-first, with fallback polling); [`batch`] splits large
+//! submissions into paced, concurrent batches with per-item results.
 //! [`middleware::WeirMiddleware`] brings the same behaviour to `reqwest-middleware` stacks.
 
 pub mod backoff;
+pub mod batch;
 pub mod budget;
 pub mod client;
 pub mod error;
+pub mod jobs;
 pub mod middleware;
 pub mod pacing;
 
