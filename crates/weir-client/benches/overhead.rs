@@ -33,8 +33,8 @@ fn bench(c: &mut Criterion) {
         now += Duration::from_micros(100);
         budget.deposit(now);
         let _ = black_box(breaker.admit(now));
-        let _ = black_box(pacer.try_acquire(now));
-        pacer.observe(headers, 200, now);
+        let seq = pacer.try_acquire(now).unwrap_or(0);
+        pacer.observe(headers, 200, now, black_box(seq));
         breaker.record(now, true, false);
     };
     let mut g = c.benchmark_group("client_success_path");

@@ -52,6 +52,9 @@ pub enum ItemResult {
     },
 }
 
+/// A batch's item indices and its outcome: status and per-item results, or the error.
+type BatchOutcome = (Vec<usize>, Result<(u16, Option<Vec<Value>>), CallError>);
+
 /// Groups of item indices: consecutive items, at most `max_items` and `max_bytes` each;
 /// oversize items are returned apart.
 pub fn split<T: Serialize>(
@@ -95,7 +98,7 @@ pub async fn send<T: Serialize>(
     for (i, bytes) in oversize {
         results[i] = Some(ItemResult::TooLarge { bytes });
     }
-    let outcomes: Vec<(Vec<usize>, Result<(u16, Option<Vec<Value>>), CallError>)> = stream::iter(
+    let outcomes: Vec<BatchOutcome> = stream::iter(
         batches,
     )
     .map(|batch| {

@@ -281,9 +281,13 @@ impl Client {
             }
             let token = self.shared.token.lock().clone();
             let pacer = self.pacer(&host, token.as_deref());
+            let mut seq = 0;
             if self.config.pacing {
                 match pacer.acquire(deadline).await {
-                    Ok(w) => waited += w,
+                    Ok((w, s)) => {
+                        waited += w;
+                        seq = s;
+                    }
                     Err(w) => {
                         let mut e = CallError::new(
                             ErrorKind::WaitExceedsDeadline,
@@ -324,7 +328,6 @@ impl Client {
             let resp = match sent {
                 Err(_) => {
                     breaker.record(Instant::now(), false, false);
-                    pacer.forget_send();
                     let mut e = CallError::new(
                         ErrorKind::Deadline,
                         format!("no answer before the deadline of {:?}", self.config.timeout),
@@ -335,7 +338,9 @@ impl Client {
                 }
                 Ok(Err(err)) => {
                     breaker.record(Instant::now(), false, false);
-                    pacer.forget_send();
+                    if seq > 0 {
+                        pacer.forget_send();
+                    }
                     let summary = format!("connection to {host} failed: {err}");
                     match self.plan_retry(retry_safe, attempts, deadline, None).await {
                         Ok(w) => {
@@ -357,7 +362,7 @@ impl Client {
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
             if self.config.pacing {
-                pacer.observe(&headers, status, received);
+                pacer.observe(&headers, status, received, seq);
             }
             if status == 429 {
                 self.shared

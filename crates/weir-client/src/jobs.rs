@@ -71,7 +71,13 @@ pub enum JobError {
     Failed(String),
     /// A poll failed for good.
     #[error("polling the job failed: {0}")]
-    Poll(#[from] CallError),
+    Poll(Box<CallError>),
+}
+
+impl From<CallError> for JobError {
+    fn from(e: CallError) -> Self {
+        JobError::Poll(Box::new(e))
+    }
 }
 
 /// Polls `url` until `judge` says the job is done or failed.

@@ -25,8 +25,10 @@ struct State {
     /// AIMD spacing when no headers are sent, and the earliest next send it allows.
     interval: Duration,
     next_free: Instant,
-    /// Sends made before the limit was known (charged once, when it is learned).
-    unlearned: u64,
+    /// Sends so far (each send's sequence number is the count after it).
+    sent: u64,
+    /// Sends whose responses have not arrived.
+    unanswered: u64,
 }
 
 /// One host+credential's pacer.
@@ -52,7 +54,8 @@ impl Default for Pacer {
                 tat: now,
                 interval: Duration::ZERO,
                 next_free: now,
-                unlearned: 0,
+                sent: 0,
+                unanswered: 0,
             }),
         }
     }
@@ -60,8 +63,9 @@ impl Default for Pacer {
 
 impl Pacer {
     /// The earliest instant the next send may leave, and charges it when that is now.
-    /// Charges a send at `now` if one may leave, else says when one may (no waiting).
-    pub fn try_acquire(&self, now: Instant) -> Result<(), Instant> {
+    /// Charges a send at `now` if one may leave (returning its sequence number), else says
+    /// when one may (no waiting).
+    pub fn try_acquire(&self, now: Instant) -> Result<u64, Instant> {
         let mut s = self.state.lock();
         let mut earliest = s.next_free;
         if let Some(l) = s.limit {
@@ -79,43 +83,50 @@ impl Pacer {
         }
         if s.limit.is_some() {
             s.tat = s.tat.max(now) + s.emission;
-        } else {
-            s.unlearned += 1;
         }
         s.next_free = now + s.interval;
-        Ok(())
+        s.sent += 1;
+        s.unanswered += 1;
+        Ok(s.sent)
     }
 
-    /// Waits until a send may leave (never past `deadline`). Returns how long it waited.
-    pub async fn acquire(&self, deadline: Instant) -> Result<Duration, WouldExceedDeadline> {
+    /// Waits until a send may leave (never past `deadline`). Returns how long it waited and
+    /// the send's sequence number (give it back to [`Pacer::observe`]).
+    pub async fn acquire(&self, deadline: Instant) -> Result<(Duration, u64), WouldExceedDeadline> {
         let start = Instant::now();
         loop {
             let now = Instant::now();
             match self.try_acquire(now) {
-                Ok(()) => return Ok(now - start),
+                Ok(seq) => return Ok((now - start, seq)),
                 Err(at) if at > deadline => return Err(WouldExceedDeadline { wait: at - now }),
                 Err(at) => tokio::time::sleep_until(at.into()).await,
             }
         }
     }
 
-    /// A send that will never be observed (the connection failed): nothing to undo — the
-    /// server's next answer resyncs the mirror. Kept so callers need not know that.
-    pub fn forget_send(&self) {}
+    /// A send that will never be answered (the connection failed).
+    pub fn forget_send(&self) {
+        let mut s = self.state.lock();
+        s.unanswered = s.unanswered.saturating_sub(1);
+    }
 
-    /// Learns from a response's headers (and status).
-    pub fn observe(&self, headers: &(impl HeaderLookup + ?Sized), status: u16, now: Instant) {
+    /// Learns from the response to send number `seq` (its headers and status).
+    pub fn observe(
+        &self,
+        headers: &(impl HeaderLookup + ?Sized),
+        status: u16,
+        now: Instant,
+        seq: u64,
+    ) {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let mut s = self.state.lock();
-        // The first time the limit is learned, sends made before it count too (they may
-        // not have reached the server yet); afterwards every send is charged as it leaves.
-        let pending = if s.limit.is_none() {
-            std::mem::take(&mut s.unlearned)
-        } else {
-            0
-        };
+        // What the server's count cannot include yet: sends after this one that are still
+        // unanswered. (Concurrent requests may reach the server out of order; of the two
+        // bounds, the smaller errs least.)
+        s.unanswered = s.unanswered.saturating_sub(1);
+        let pending = s.sent.saturating_sub(seq).min(s.unanswered);
         let mut learned = false;
         let (policies, items) = ratelimit::from_headers(headers);
         if let Some(item) = items
@@ -130,7 +141,7 @@ impl Pacer {
                     s.limit = Some(p.quota);
                     s.emission =
                         Duration::from_secs(w) / u32::try_from(p.quota).unwrap_or(u32::MAX);
-                    let used = p.quota.saturating_sub(item.remaining).max(pending);
+                    let used = p.quota.saturating_sub(item.remaining) + pending;
                     s.tat = s
                         .tat
                         .max(now + s.emission * u32::try_from(used).unwrap_or(u32::MAX));
@@ -155,7 +166,7 @@ impl Pacer {
                             s.limit = Some(l);
                             s.tat = s.tat.max(
                                 now + s.emission
-                                    * u32::try_from(used.max(pending)).unwrap_or(u32::MAX),
+                                    * u32::try_from(used + pending).unwrap_or(u32::MAX),
                             );
                             learned = true;
                         }
@@ -198,7 +209,7 @@ mod tests {
             ("RateLimit-Policy", r#""r";q=20;w=1"#),
             ("RateLimit", r#""r";r=0;t=1"#),
         ];
-        p.observe(&h[..], 200, now);
+        p.observe(&h[..], 200, now, 0);
         // All 20 used: the next send may leave one interval (50 ms) later, not before.
         let at = p.try_acquire(now).expect_err("must wait");
         assert_eq!(at - now, Duration::from_millis(50));
@@ -210,10 +221,31 @@ mod tests {
     }
 
     #[test]
+    fn responses_out_of_order_neither_double_count_nor_undercount() {
+        // Another client already used 1 of 5/min; we send 3 at once, processed in order
+        // (remaining 3, 2, 1) but answered in reverse.
+        let p = Pacer::default();
+        let now = Instant::now();
+        let seqs: Vec<u64> = (0..3)
+            .map(|_| p.try_acquire(now).expect("unknown limit"))
+            .collect();
+        for (seq, r) in [(seqs[2], 1), (seqs[1], 2), (seqs[0], 3)] {
+            let rl = format!("\"m\";r={r};t=12");
+            let h = [
+                ("RateLimit-Policy", "\"m\";q=5;w=60".to_owned()),
+                ("RateLimit", rl),
+            ];
+            p.observe(&h[..], 200, now, seq);
+        }
+        assert!(p.try_acquire(now).is_ok(), "the 5th unit is free");
+        assert!(p.try_acquire(now).is_err(), "the 6th would be refused");
+    }
+
+    #[test]
     fn retry_after_on_429_defers_the_next_send() {
         let p = Pacer::default();
         let now = Instant::now();
-        p.observe(&[("Retry-After", "2")][..], 429, now);
+        p.observe(&[("Retry-After", "2")][..], 429, now, 0);
         let at = p.try_acquire(now).expect_err("must wait");
         assert!(at >= now + Duration::from_secs(2) - Duration::from_millis(5));
     }
@@ -223,11 +255,11 @@ mod tests {
         let p = Pacer::default();
         let now = Instant::now();
         assert!(p.try_acquire(now).is_ok());
-        p.observe(&[("x", "y")][..], 429, now);
-        p.observe(&[("x", "y")][..], 429, now);
+        p.observe(&[("x", "y")][..], 429, now, 1);
+        p.observe(&[("x", "y")][..], 429, now, 1);
         assert_eq!(p.state.lock().interval, Duration::from_millis(20));
         for _ in 0..100 {
-            p.observe(&[("x", "y")][..], 200, now);
+            p.observe(&[("x", "y")][..], 200, now, 1);
         }
         assert_eq!(
             p.state.lock().interval,

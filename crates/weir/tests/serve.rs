@@ -235,8 +235,8 @@ fn call_prints_the_body_and_repeat_prints_one_json_summary() {
         err.contains("AUTH_HEADER_MISSING") && err.contains("check the key"),
         "{err}"
     );
-    // 4 left of 5/min: 6 requests with a 3 s deadline each: 4 pass, 2 fail fast without
-    // a single 429 reaching the client (it paces itself from the headers).
+    // 4 left of 5/min: 6 requests (one at a time) with a 3 s deadline each: 4 pass, 2 fail
+    // fast without a single 429 (the client paces itself from the headers).
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args([
             "call",
@@ -246,7 +246,7 @@ fn call_prints_the_body_and_repeat_prints_one_json_summary() {
             "--repeat",
             "6",
             "--concurrency",
-            "3",
+            "1",
             "--timeout",
             "3",
         ])
