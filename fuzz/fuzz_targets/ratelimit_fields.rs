@@ -17,5 +17,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         let _ = ratelimit::parse_legacy_dictionary(s);
+        // The allocation-free reader accepts exactly what the owned parser accepts.
+        assert_eq!(ratelimit::tightest(s, Some(s)).is_some(), ratelimit::parse_limits(s).is_some());
     }
 });

@@ -130,8 +130,10 @@ pub struct Stats {
 }
 
 struct Shared {
-    pacers: Mutex<HashMap<String, Arc<Pacer>>>,
-    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    /// Keyed by a hash of (host, credential): no per-request string building.
+    pacers: Mutex<HashMap<u64, Arc<Pacer>>>,
+    /// Keyed by a hash of the host.
+    breakers: Mutex<HashMap<u64, Arc<Breaker>>>,
     budget: RetryBudget,
     token: Mutex<Option<String>>,
     rng: Mutex<fastrand::Rng>,
@@ -195,31 +197,27 @@ impl Client {
         &self.shared.stats
     }
 
-    fn host_key(url: &reqwest::Url) -> String {
-        format!(
-            "{}://{}:{}",
+    fn host_key(url: &reqwest::Url) -> u64 {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        BuildHasherDefault::<DefaultHasher>::default().hash_one((
             url.scheme(),
-            url.host_str().unwrap_or(""),
-            url.port_or_known_default().unwrap_or(0)
-        )
+            url.host_str(),
+            url.port_or_known_default(),
+        ))
     }
 
-    fn pacer(&self, host: &str, token: Option<&str>) -> Arc<Pacer> {
-        // Keyed by host and a digest of the credential (never the credential itself).
-        let cred = token.map_or(0, |t| {
-            t.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-            })
-        });
-        let key = format!("{host}#{cred:x}");
+    fn pacer(&self, host: u64, token: Option<&str>) -> Arc<Pacer> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        // Keyed by host and a hash of the credential (never the credential itself).
+        let key = BuildHasherDefault::<DefaultHasher>::default().hash_one((host, token));
         self.shared.pacers.lock().entry(key).or_default().clone()
     }
 
-    fn breaker(&self, host: &str) -> Arc<Breaker> {
+    fn breaker(&self, host: u64) -> Arc<Breaker> {
         self.shared
             .breakers
             .lock()
-            .entry(host.to_owned())
+            .entry(host)
             .or_insert_with(|| Arc::new(Breaker::new(self.config.breaker.clone())))
             .clone()
     }
@@ -249,8 +247,9 @@ impl Client {
                 format!("invalid URL {:?}: {e}", call.url),
             )
         })?;
-        let host = Client::host_key(&url);
-        let breaker = self.breaker(&host);
+        let host_id = Client::host_key(&url);
+        let host = url.host_str().unwrap_or("the host");
+        let breaker = self.breaker(host_id);
         let correlation = uuid::Uuid::new_v4().to_string();
         let trace_id: [u8; 16] = random();
         let idem = call.idempotency_key.clone().or_else(|| {
@@ -280,7 +279,7 @@ impl Client {
                 }
             }
             let token = self.shared.token.lock().clone();
-            let pacer = self.pacer(&host, token.as_deref());
+            let pacer = self.pacer(host_id, token.as_deref());
             let mut seq = 0;
             if self.config.pacing {
                 match pacer.acquire(deadline).await {

@@ -128,25 +128,21 @@ impl Pacer {
         s.unanswered = s.unanswered.saturating_sub(1);
         let pending = s.sent.saturating_sub(seq).min(s.unanswered);
         let mut learned = false;
-        let (policies, items) = ratelimit::from_headers(headers);
-        if let Some(item) = items
-            .as_ref()
-            .and_then(|i| i.iter().min_by_key(|i| i.remaining))
-        {
-            let policy = policies
-                .as_ref()
-                .and_then(|p| p.iter().find(|p| p.name == item.name));
-            if let (Some(p), Some(w)) = (policy, policy.and_then(|p| p.window)) {
-                if p.quota > 0 {
-                    s.limit = Some(p.quota);
-                    s.emission =
-                        Duration::from_secs(w) / u32::try_from(p.quota).unwrap_or(u32::MAX);
-                    let used = p.quota.saturating_sub(item.remaining) + pending;
-                    s.tat = s
-                        .tat
-                        .max(now + s.emission * u32::try_from(used).unwrap_or(u32::MAX));
-                    learned = true;
-                }
+        // Allocation-free: the header values are borrowed when they are single lines.
+        let limits = headers.joined_cow(ratelimit::RATELIMIT);
+        let policies = headers.joined_cow(ratelimit::RATELIMIT_POLICY);
+        let tightest = limits
+            .as_deref()
+            .and_then(|l| ratelimit::tightest(l, policies.as_deref()));
+        if let Some(t) = tightest {
+            if let (Some(q), Some(w)) = (t.quota.filter(|q| *q > 0), t.window) {
+                s.limit = Some(q);
+                s.emission = Duration::from_secs(w) / u32::try_from(q).unwrap_or(u32::MAX);
+                let used = q.saturating_sub(t.remaining) + pending;
+                s.tat = s
+                    .tat
+                    .max(now + s.emission * u32::try_from(used).unwrap_or(u32::MAX));
+                learned = true;
             }
         }
         if !learned {

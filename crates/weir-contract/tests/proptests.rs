@@ -205,6 +205,27 @@ proptest! {
         prop_assert_eq!(ratelimit::parse_limits(&v), Some(ls));
     }
 
+    /// The allocation-free reader agrees with the owned parsers: the first item with the
+    /// least remaining, and its policy's quota and window.
+    #[test]
+    fn tightest_agrees_with_the_owned_parsers(ls in vec(limit_item(), 1..5), ps in vec(policy(), 1..5), garbage in any::<bool>()) {
+        let limits = ratelimit::format_limits(&ls).expect("valid");
+        let policies = if garbage { "\"x\";q=-1".to_owned() } else { ratelimit::format_policies(&ps).expect("valid") };
+        let t = ratelimit::tightest(&limits, Some(&policies)).expect("valid field");
+        let parsed = ratelimit::parse_limits(&limits).expect("valid");
+        let best = parsed.iter().min_by_key(|i| i.remaining).expect("non-empty");
+        prop_assert_eq!(t.name.as_ref(), best.name.as_str());
+        prop_assert_eq!((t.remaining, t.reset), (best.remaining, best.reset));
+        let policy = ratelimit::parse_policies(&policies).and_then(|p| p.into_iter().find(|p| p.name == best.name));
+        prop_assert_eq!(t.quota, policy.as_ref().map(|p| p.quota));
+        prop_assert_eq!(t.window, policy.and_then(|p| p.window));
+    }
+
+    #[test]
+    fn tightest_rejects_exactly_what_parse_limits_rejects(s in r#"[a-z"=;,:0-9 ()?*-]{0,64}"#) {
+        prop_assert_eq!(ratelimit::tightest(&s, None).is_some(), ratelimit::parse_limits(&s).is_some());
+    }
+
     #[test]
     fn ratelimit_parsers_never_panic(s in any::<String>(), t in r#"[a-z"=;,:0-9 ()?*-]{0,128}"#) {
         let _ = ratelimit::parse_policies(&s);

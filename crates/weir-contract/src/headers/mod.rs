@@ -31,6 +31,23 @@ pub trait HeaderLookup {
     /// All values of a list-valued header joined with `", "`, as RFC 9110 §5.3 allows
     /// a recipient to combine field lines; `None` when the header is absent.
     fn joined(&self, name: &str) -> Option<String> {
+        self.joined_cow(name).map(std::borrow::Cow::into_owned)
+    }
+
+    /// Like [`HeaderLookup::joined`], but borrowed (no allocation) when the header has a
+    /// single field line, which is the common case.
+    fn joined_cow(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        let mut lines = 0usize;
+        self.for_each_value(name, &mut |_| lines += 1);
+        match lines {
+            0 => None,
+            1 => self.first_value(name).map(std::borrow::Cow::Borrowed),
+            _ => self.joined_all(name).map(std::borrow::Cow::Owned),
+        }
+    }
+
+    #[doc(hidden)]
+    fn joined_all(&self, name: &str) -> Option<String> {
         let mut out: Option<String> = None;
         self.for_each_value(name, &mut |v| match &mut out {
             Some(s) => {

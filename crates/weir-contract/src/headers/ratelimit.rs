@@ -345,3 +345,223 @@ mod tests {
         assert_eq!(parse_legacy_dictionary(r#""x";r=1"#), None);
     }
 }
+
+// ---- allocation-free reading, for clients on their hot path -----------------------------
+
+/// The most constrained item of a `RateLimit` field, with its policy's quota and window,
+/// read without allocating (names borrow from the header value unless they contain
+/// escapes). Same validation as [`parse_limits`] and [`parse_policies`]: any malformed
+/// part makes the field count as absent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tightest<'a> {
+    /// The policy name.
+    pub name: std::borrow::Cow<'a, str>,
+    /// `r`.
+    pub remaining: u64,
+    /// `t`.
+    pub reset: Option<u64>,
+    /// `q` of the same-named policy, when `RateLimit-Policy` has it.
+    pub quota: Option<u64>,
+    /// `w` of the same-named policy.
+    pub window: Option<u64>,
+}
+
+mod visit {
+    use sfv::visitor::{
+        EntryVisitor, Ignored, InnerListVisitor, ItemVisitor, ListVisitor, ParameterVisitor,
+    };
+    use sfv::{BareItemFromInput, GenericBareItem, KeyRef};
+    use std::borrow::Cow;
+
+    #[derive(Debug)]
+    pub struct Invalid;
+
+    impl std::fmt::Display for Invalid {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("malformed RateLimit field")
+        }
+    }
+
+    impl std::error::Error for Invalid {}
+
+    fn name<'de>(v: BareItemFromInput<'de>) -> Result<Cow<'de, str>, Invalid> {
+        match v {
+            GenericBareItem::String(Cow::Borrowed(s)) => Ok(Cow::Borrowed(s.as_str())),
+            GenericBareItem::String(Cow::Owned(s)) => Ok(Cow::Owned(s.as_str().to_owned())),
+            GenericBareItem::Token(t) => Ok(Cow::Borrowed(t.as_str())),
+            _ => Err(Invalid),
+        }
+    }
+
+    fn uint(v: &BareItemFromInput<'_>) -> Result<u64, Invalid> {
+        match v {
+            GenericBareItem::Integer(i) => u64::try_from(i64::from(*i)).map_err(|_| Invalid),
+            _ => Err(Invalid),
+        }
+    }
+
+    /// One item's name and its two parameters of interest.
+    pub struct Params<'de, 'p, P> {
+        parent: &'p mut P,
+        name: Cow<'de, str>,
+        a: Option<u64>,
+        b: Option<u64>,
+    }
+
+    /// `RateLimit`: keeps the first item with the least `r`.
+    #[derive(Default)]
+    pub struct Limits<'de> {
+        pub best: Option<(Cow<'de, str>, u64, Option<u64>)>,
+    }
+
+    /// `RateLimit-Policy`: finds `q` and `w` of the policy named `target`.
+    pub struct Policies<'t> {
+        pub target: &'t str,
+        pub found: Option<(u64, Option<u64>)>,
+    }
+
+    pub struct Entry<'p, P>(&'p mut P);
+
+    pub trait Collect<'de> {
+        /// `(first param key, second param key)`: `r`/`t` or `q`/`w`.
+        const KEYS: (&'static str, &'static str);
+        fn collect(
+            &mut self,
+            name: Cow<'de, str>,
+            a: Option<u64>,
+            b: Option<u64>,
+        ) -> Result<(), Invalid>;
+    }
+
+    impl<'de> Collect<'de> for Limits<'de> {
+        const KEYS: (&'static str, &'static str) = ("r", "t");
+        fn collect(
+            &mut self,
+            name: Cow<'de, str>,
+            a: Option<u64>,
+            b: Option<u64>,
+        ) -> Result<(), Invalid> {
+            let r = a.ok_or(Invalid)?;
+            if self.best.as_ref().is_none_or(|(_, best, _)| r < *best) {
+                self.best = Some((name, r, b));
+            }
+            Ok(())
+        }
+    }
+
+    impl<'de> Collect<'de> for Policies<'_> {
+        const KEYS: (&'static str, &'static str) = ("q", "w");
+        fn collect(
+            &mut self,
+            name: Cow<'de, str>,
+            a: Option<u64>,
+            b: Option<u64>,
+        ) -> Result<(), Invalid> {
+            let q = a.ok_or(Invalid)?;
+            if b == Some(0) {
+                return Err(Invalid);
+            }
+            if self.found.is_none() && name == self.target {
+                self.found = Some((q, b));
+            }
+            Ok(())
+        }
+    }
+
+    /// The list-level visitor over a collector.
+    pub struct List<'p, P>(pub &'p mut P);
+
+    impl<'de, P: Collect<'de>> ListVisitor<'de> for List<'_, P> {
+        type Out = ();
+        type Error = Invalid;
+        fn entry(&mut self) -> Result<impl EntryVisitor<'de>, Invalid> {
+            Ok(Entry(&mut *self.0))
+        }
+        fn finish(self) -> Result<(), Invalid> {
+            Ok(())
+        }
+    }
+
+    impl<'de, P: Collect<'de>> EntryVisitor<'de> for Entry<'_, P> {
+        type Error = Invalid;
+        fn item(self) -> Result<impl ItemVisitor<'de>, Invalid> {
+            Ok(self)
+        }
+        fn inner_list(self) -> Result<impl InnerListVisitor<'de>, Invalid> {
+            Err::<Ignored, _>(Invalid)
+        }
+    }
+
+    impl<'de, 'p, P: Collect<'de>> ItemVisitor<'de> for Entry<'p, P> {
+        type Out = ();
+        type Error = Invalid;
+        fn bare_item(
+            self,
+            v: BareItemFromInput<'de>,
+        ) -> Result<impl ParameterVisitor<'de, Out = ()>, Invalid> {
+            Ok(Params {
+                parent: self.0,
+                name: name(v)?,
+                a: None,
+                b: None,
+            })
+        }
+    }
+
+    impl<'de, P: Collect<'de>> ParameterVisitor<'de> for Params<'de, '_, P> {
+        type Out = ();
+        type Error = Invalid;
+        fn parameter(
+            &mut self,
+            key: &'de KeyRef,
+            v: BareItemFromInput<'de>,
+        ) -> Result<(), Invalid> {
+            let (ka, kb) = P::KEYS;
+            match key.as_str() {
+                k if k == ka => self.a = Some(uint(&v)?),
+                k if k == kb => self.b = Some(uint(&v)?),
+                "pk" if !matches!(v, GenericBareItem::ByteSequence(_)) => return Err(Invalid),
+                "qu" if !matches!(v, GenericBareItem::String(_) | GenericBareItem::Token(_)) => {
+                    return Err(Invalid)
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+        fn finish(self) -> Result<(), Invalid> {
+            self.parent.collect(self.name, self.a, self.b)
+        }
+    }
+}
+
+/// Reads the tightest `RateLimit` item and its policy without allocating.
+pub fn tightest<'a>(limits: &'a str, policies: Option<&'a str>) -> Option<Tightest<'a>> {
+    if limits.len() > 8 * 1024 || policies.is_some_and(|p| p.len() > 8 * 1024) {
+        return None;
+    }
+    let mut l = visit::Limits::default();
+    Parser::new(limits)
+        .parse_list_with_visitor(visit::List(&mut l))
+        .ok()?;
+    let (name, remaining, reset) = l.best?;
+    let (quota, window) = match policies {
+        Some(p) => {
+            let mut v = visit::Policies {
+                target: &name,
+                found: None,
+            };
+            match Parser::new(p).parse_list_with_visitor(visit::List(&mut v)) {
+                Ok(()) => v.found.map_or((None, None), |(q, w)| (Some(q), w)),
+                Err(_) => (None, None),
+            }
+        }
+        None => (None, None),
+    };
+    Some(Tightest {
+        name,
+        remaining,
+        reset,
+        quota,
+        window,
+    })
+}
