@@ -469,3 +469,38 @@ async fn works_as_a_reqwest_middleware() {
         .expect("a final error status is a response");
     assert_eq!(resp.status(), 404);
 }
+
+#[tokio::test]
+async fn paces_from_x_ratelimit_headers_alone() {
+    // 2 per window, both used, the window whole again in 2 s: one request per second.
+    let reset = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 2)
+    .to_string();
+    let headers = vec![
+        ("x-ratelimit-limit", "2".to_owned()),
+        ("x-ratelimit-remaining", "0".to_owned()),
+        ("x-ratelimit-reset", reset),
+    ];
+    let (url, s) = serve(vec![(200, headers, "ok")]).await;
+    let c = Client::new(fast());
+    c.execute(Call::new(Method::GET, &url))
+        .await
+        .expect("first");
+    c.execute(Call::new(Method::GET, &url))
+        .await
+        .expect("second, paced");
+    let gap = gaps(&s)[0];
+    assert!(
+        gap >= Duration::from_millis(900),
+        "the second request waited for the window: {gap:?}"
+    );
+    assert_eq!(
+        c.stats()
+            .rate_limited
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
