@@ -337,6 +337,18 @@ mod tests {
     }
 
     #[test]
+    fn regression_fuzz_duplicate_parameter_last_wins() {
+        // Found by the `ratelimit_fields` fuzz target: a wrongly typed first `r` followed by
+        // a valid one is valid (RFC 9651: the last duplicate wins).
+        let v = r#""a";r=t21;r=12"#;
+        assert_eq!(parse_limits(v).map(|l| l[0].remaining), Some(12));
+        assert_eq!(tightest(v, None).map(|t| t.remaining), Some(12));
+        let v = r#""a";r=12;r=t21"#;
+        assert_eq!(parse_limits(v), None);
+        assert_eq!(tightest(v, None), None);
+    }
+
+    #[test]
     fn legacy_dictionary() {
         assert_eq!(
             parse_legacy_dictionary("limit=100, remaining=50, reset=5"),
@@ -400,12 +412,14 @@ mod visit {
         }
     }
 
-    /// One item's name and its two parameters of interest.
+    /// One item's name and its parameters of interest. Each slot keeps the *last* value
+    /// seen (RFC 9651: of duplicate keys the last wins), validated only at the end.
     pub struct Params<'de, 'p, P> {
         parent: &'p mut P,
         name: Cow<'de, str>,
-        a: Option<u64>,
-        b: Option<u64>,
+        a: Option<Result<u64, Invalid>>,
+        b: Option<Result<u64, Invalid>>,
+        other_ok: [Option<bool>; 2],
     }
 
     /// `RateLimit`: keeps the first item with the least `r`.
@@ -504,6 +518,7 @@ mod visit {
                 name: name(v)?,
                 a: None,
                 b: None,
+                other_ok: [None, None],
             })
         }
     }
@@ -518,18 +533,26 @@ mod visit {
         ) -> Result<(), Invalid> {
             let (ka, kb) = P::KEYS;
             match key.as_str() {
-                k if k == ka => self.a = Some(uint(&v)?),
-                k if k == kb => self.b = Some(uint(&v)?),
-                "pk" if !matches!(v, GenericBareItem::ByteSequence(_)) => return Err(Invalid),
-                "qu" if !matches!(v, GenericBareItem::String(_) | GenericBareItem::Token(_)) => {
-                    return Err(Invalid)
+                k if k == ka => self.a = Some(uint(&v)),
+                k if k == kb => self.b = Some(uint(&v)),
+                "pk" => self.other_ok[0] = Some(matches!(v, GenericBareItem::ByteSequence(_))),
+                "qu" if ka == "q" => {
+                    self.other_ok[1] = Some(matches!(
+                        v,
+                        GenericBareItem::String(_) | GenericBareItem::Token(_)
+                    ));
                 }
                 _ => {}
             }
             Ok(())
         }
         fn finish(self) -> Result<(), Invalid> {
-            self.parent.collect(self.name, self.a, self.b)
+            if self.other_ok.contains(&Some(false)) {
+                return Err(Invalid);
+            }
+            let a = self.a.transpose()?;
+            let b = self.b.transpose()?;
+            self.parent.collect(self.name, a, b)
         }
     }
 }
