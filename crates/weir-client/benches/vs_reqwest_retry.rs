@@ -121,6 +121,30 @@ where
     (ok, N - ok, started.elapsed())
 }
 
+/// Drives the N requests with the named client against `url`.
+async fn run_client(name: &str, url: String) -> (u64, u64, Duration) {
+    if name == "weir-client" {
+        let c = weir_client();
+        drive(move || {
+            let (c, url) = (c.clone(), url.clone());
+            async move { c.execute(Call::new(http::Method::GET, url)).await.is_ok() }
+        })
+        .await
+    } else {
+        let c = peer();
+        drive(move || {
+            let (c, url) = (c.clone(), url.clone());
+            async move {
+                c.get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await
+    }
+}
+
 fn weir_client() -> Client {
     Client::new(ClientConfig::default())
 }
@@ -145,26 +169,7 @@ async fn main() {
     for name in ["weir-client", "reqwest-retry"] {
         let counters = Arc::new(Counters::default());
         let url = rate_limited_server(counters.clone()).await;
-        let (_, lost, elapsed) = if name == "weir-client" {
-            let c = weir_client();
-            drive(move || {
-                let (c, url) = (c.clone(), url.clone());
-                async move { c.execute(Call::new(http::Method::GET, url)).await.is_ok() }
-            })
-            .await
-        } else {
-            let c = peer();
-            drive(move || {
-                let (c, url) = (c.clone(), url.clone());
-                async move {
-                    c.get(url)
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().is_success())
-                }
-            })
-            .await
-        };
+        let (_, lost, elapsed) = run_client(name, url).await;
         let sent = counters.received.load(Ordering::Relaxed);
         let rejected = counters.rejected.load(Ordering::Relaxed);
         println!(
@@ -182,26 +187,7 @@ async fn main() {
         let start = Instant::now();
         let until = start + Duration::from_secs(5);
         let url = outage_server(counters.clone(), until).await;
-        let (_, lost, elapsed) = if name == "weir-client" {
-            let c = weir_client();
-            drive(move || {
-                let (c, url) = (c.clone(), url.clone());
-                async move { c.execute(Call::new(http::Method::GET, url)).await.is_ok() }
-            })
-            .await
-        } else {
-            let c = peer();
-            drive(move || {
-                let (c, url) = (c.clone(), url.clone());
-                async move {
-                    c.get(url)
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().is_success())
-                }
-            })
-            .await
-        };
+        let (_, lost, elapsed) = run_client(name, url).await;
         let received = counters.received.load(Ordering::Relaxed);
         let after = elapsed.as_secs_f64() - 5.0;
         println!(
