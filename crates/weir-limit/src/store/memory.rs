@@ -30,12 +30,60 @@ const CLAIMED: u64 = 1 << 63;
 /// The default cap on tracked keys.
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 
+/// Keys up to this many bytes (`limit` + separator + `scope`) live inside the slot, so a
+/// lookup touches one cache line instead of chasing two heap strings.
+const INLINE_KEY: usize = 38;
+
+/// `limit \x1f scope`, inline when short.
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    fn new(limit: &str, scope: &str) -> Key {
+        let len = limit.len() + 1 + scope.len();
+        if len <= INLINE_KEY {
+            let mut bytes = [0u8; INLINE_KEY];
+            bytes[..limit.len()].copy_from_slice(limit.as_bytes());
+            bytes[limit.len()] = 0x1f;
+            bytes[limit.len() + 1..len].copy_from_slice(scope.as_bytes());
+            Key::Inline {
+                len: len as u8,
+                bytes,
+            }
+        } else {
+            let mut v = Vec::with_capacity(len);
+            v.extend_from_slice(limit.as_bytes());
+            v.push(0x1f);
+            v.extend_from_slice(scope.as_bytes());
+            Key::Heap(v.into_boxed_slice())
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Heap(b) => b,
+        }
+    }
+
+    /// Whether this is `limit \x1f scope` (limit names never contain the separator).
+    #[inline]
+    fn is(&self, limit: &str, scope: &str) -> bool {
+        let b = self.bytes();
+        b.len() == limit.len() + 1 + scope.len()
+            && b.get(..limit.len()) == Some(limit.as_bytes())
+            && b.get(limit.len()) == Some(&0x1f)
+            && b.get(limit.len() + 1..) == Some(scope.as_bytes())
+    }
+}
+
 struct Slot {
     hash: u64,
-    limit: Box<str>,
-    scope: Box<str>,
-    is_rate: bool,
     value: AtomicU64,
+    is_rate: bool,
+    key: Key,
 }
 
 struct ShardInner {
@@ -202,8 +250,7 @@ impl MemoryStore {
         {
             v.insert(Slot {
                 hash,
-                limit: item.limit.into(),
-                scope: item.scope.into(),
+                key: Key::new(item.limit, item.scope),
                 is_rate: matches!(item.op, Op::Rate { .. }),
                 value: AtomicU64::new(0),
             });
@@ -308,7 +355,7 @@ impl MemoryStore {
 
 #[inline]
 fn matches(slot: &Slot, hash: u64, item: &CheckItem<'_>) -> bool {
-    slot.hash == hash && &*slot.limit == item.limit && &*slot.scope == item.scope
+    slot.hash == hash && slot.key.is(item.limit, item.scope)
 }
 
 #[inline]
