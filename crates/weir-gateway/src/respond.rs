@@ -27,6 +27,9 @@ pub struct Refusal {
     pub retry_after: Option<u64>,
     /// `Allow` for 405.
     pub allow: Option<String>,
+    /// Names of the limits that refused (problem+json `violated-policies`, as the
+    /// RateLimit draft's `quota-exceeded` problem type defines).
+    pub violated: Vec<String>,
 }
 
 impl Refusal {
@@ -42,6 +45,7 @@ impl Refusal {
             hint: None,
             retry_after: None,
             allow: None,
+            violated: Vec::new(),
         }
     }
 
@@ -95,10 +99,19 @@ pub fn render(
         err.code = Some(refusal.code.to_owned());
     }
     if dialect == Dialect::Problem {
-        err.problem.type_uri = Some(format!(
-            "{type_base}{}",
-            refusal.code.to_ascii_lowercase().replace('_', "-")
-        ));
+        err.problem.type_uri = Some(if refusal.violated.is_empty() {
+            format!(
+                "{type_base}{}",
+                refusal.code.to_ascii_lowercase().replace('_', "-")
+            )
+        } else {
+            // The RateLimit draft's problem type, with the limits that refused.
+            err.extra.insert(
+                "violated-policies".to_owned(),
+                serde_json::Value::from(refusal.violated.clone()),
+            );
+            "https://iana.org/assignments/http-problem-types#quota-exceeded".to_owned()
+        });
         err.problem.title = catalogue::status(refusal.status.as_u16()).map(|s| s.reason.to_owned());
         err.problem.instance = Some(format!("urn:uuid:{request_id}"));
     }
@@ -145,13 +158,21 @@ pub fn rate_limited(decision: &Decision, policy: &Policy) -> Refusal {
         .and_then(|s| policy.limits.get(s.index))
         .map_or("a rate limit", |l| l.name.as_str());
     let at = std::time::SystemTime::now() + std::time::Duration::from_secs(secs);
-    Refusal::code("SERVICE_RATE_LIMITED")
+    let violated = decision
+        .limits
+        .iter()
+        .filter(|s| !matches!(s.verdict, weir_limit::LimitVerdict::Ok))
+        .filter_map(|s| policy.limits.get(s.index).map(|l| l.name.clone()))
+        .collect();
+    let mut refusal = Refusal::code("SERVICE_RATE_LIMITED")
         .message(format!("Rate limit exceeded ({name})."))
         .hint(format!(
             "Retry after {secs} s (at {}); X-RateLimit-Reset gives when the quota is whole again.",
             humantime::format_rfc3339_seconds(at)
         ))
-        .retry_after(secs)
+        .retry_after(secs);
+    refusal.violated = violated;
+    refusal
 }
 
 /// Adds the rate-limit headers of `decision` to a response: the `X-RateLimit-*` trio for

@@ -201,6 +201,22 @@ mod limits {
         assert!(body["detail"]["hint"]
             .as_str()
             .is_some_and(|h| h.contains("Retry after")));
+        // In problem+json, the refusal names the violated policy as RateLimit-Policy does.
+        let resp = c
+            .get(gw.url("/v1/echo"))
+            .bearer_auth("free-secret")
+            .header("accept", "application/problem+json")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let body = json(resp).await;
+        assert_eq!(
+            body["type"],
+            "https://iana.org/assignments/http-problem-types#quota-exceeded"
+        );
+        assert_eq!(body["violated-policies"], serde_json::json!(["org-minute"]));
+        assert_eq!(body["title"], "Too Many Requests");
         // The pro organisation is unaffected.
         let resp = c
             .get(gw.url("/v1/echo"))
