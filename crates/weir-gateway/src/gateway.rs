@@ -110,6 +110,8 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     limiter: AnyLimiter,
     idempotency: Option<Arc<Idempotency>>,
+    /// The upstream client of the thread that built the gateway (used when not serving
+    /// from a worker thread of its own).
     client: Client<HttpConnector, Body>,
     demo_url: Option<String>,
 }
@@ -141,6 +143,23 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// A keep-alive upstream client (its connections live on the runtime that uses it).
+pub fn upstream_client() -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+thread_local! {
+    /// On a thread-per-core worker: that worker's own upstream client, so a request, its
+    /// upstream connection and their wakeups all stay on one thread.
+    pub(crate) static WORKER_CLIENT: std::cell::OnceCell<Client<HttpConnector, Body>> = const { std::cell::OnceCell::new() };
+}
+
 /// Per-request state that the response needs.
 struct Ctx {
     request_id: String,
@@ -149,6 +168,9 @@ struct Ctx {
     key_id: Option<String>,
     decision: Option<Decision>,
     upstream_ms: Option<f64>,
+    /// The request has a body that was neither read nor forwarded: the connection cannot
+    /// be reused, and the response must say so.
+    body_unread: bool,
 }
 
 /// A response, or a refusal still to be rendered.
@@ -232,13 +254,7 @@ impl Gateway {
         } else {
             None
         };
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let client = upstream_client();
         let gateway = Gateway {
             runtime: ArcSwap::from_pointee(Runtime::new(config, demo_url.as_deref(), None)),
             limiter,
@@ -316,6 +332,7 @@ impl Gateway {
             key_id: None,
             decision: None,
             upstream_ms: None,
+            body_unread: false,
         };
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
@@ -339,6 +356,11 @@ impl Gateway {
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
             h.insert("x-request-id", v);
+        }
+        if ctx.body_unread {
+            // Refused before the body was read: close, so no client reuses a connection
+            // with an unread body on it.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(d) = &ctx.decision {
             respond::apply_limit_headers(h, d, &rt.policy, rt.config.ratelimit_fields);
@@ -439,6 +461,32 @@ impl Gateway {
         accept_problem: bool,
     ) -> Step<Response<Body>> {
         let (parts, body) = req.into_parts();
+        let mut slot = Some(body);
+        let result = self
+            .pipeline_inner(rt, ctx, parts, &mut slot, peer, accept_problem)
+            .await;
+        if let Some(unread) = slot.take().filter(|_| result.is_err()) {
+            linger(unread);
+        }
+        result
+    }
+
+    async fn pipeline_inner(
+        &self,
+        rt: &Runtime,
+        ctx: &mut Ctx,
+        parts: http::request::Parts,
+        body: &mut Option<Body>,
+        peer: SocketAddr,
+        accept_problem: bool,
+    ) -> Step<Response<Body>> {
+        ctx.body_unread = parts.headers.contains_key(header::TRANSFER_ENCODING)
+            || parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0);
         let ip: IpAddr = client_ip(peer.ip(), &parts.headers, &rt.config.trusted_proxies);
         let ip_text = ip.to_string();
         let method = parts.method.clone();
@@ -515,7 +563,12 @@ impl Gateway {
         // 4. Cheap validation from headers, 5. the body.
         let validated = self.validate(route, &parts, body).await;
         let (body, cost) = match validated {
-            Ok(v) => v,
+            Ok(v) => {
+                if matches!(v.0, ReqBody::Buffered(_)) {
+                    ctx.body_unread = false;
+                }
+                v
+            }
             Err(refusal) => {
                 self.count(rt, ctx, key, Some(route), &method, &ip_text, 1)
                     .await?;
@@ -600,7 +653,7 @@ impl Gateway {
         &self,
         route: &RouteConfig,
         parts: &http::request::Parts,
-        body: Body,
+        body: &mut Option<Body>,
     ) -> Step<(ReqBody, u64)> {
         let too_large = || {
             let code = if route.document {
@@ -646,26 +699,25 @@ impl Gateway {
         if !has_body {
             return Ok((ReqBody::Buffered(Bytes::new()), 1));
         }
+        let limit = usize::try_from(route.max_body).unwrap_or(usize::MAX);
         if !must_buffer {
-            let limited = http_body_util::Limited::new(
-                body,
-                usize::try_from(route.max_body).unwrap_or(usize::MAX),
-            );
+            let Some(b) = body.take() else {
+                return Ok((ReqBody::Buffered(Bytes::new()), 1));
+            };
+            let limited = http_body_util::Limited::new(b, limit);
             return Ok((ReqBody::Streaming(Body::new(limited)), 1));
         }
-        let limited = http_body_util::Limited::new(
-            body,
-            usize::try_from(route.max_body).unwrap_or(usize::MAX),
-        );
-        let bytes = match limited.collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return Err(too_large())
+        let Some(b) = body.as_mut() else {
+            return Ok((ReqBody::Buffered(Bytes::new()), 1));
+        };
+        // Read at most the limit; on overflow the rest stays in `body`, to be drained.
+        let bytes = match read_up_to(b, limit).await {
+            Ok(bytes) => {
+                *body = None;
+                bytes
             }
-            Err(_) => {
+            Err(ReadError::TooLarge) => return Err(too_large()),
+            Err(ReadError::Broken) => {
                 return Err(Refusal::code("REQUEST_MALFORMED")
                     .message("The request body could not be read."))
             }
@@ -794,7 +846,10 @@ impl Gateway {
         };
         let out = Request::from_parts(parts, body);
         let started = Instant::now();
-        let sent = tokio::time::timeout(upstream.timeout, self.client.request(out)).await;
+        let client = WORKER_CLIENT
+            .with(|c| c.get().cloned())
+            .unwrap_or_else(|| self.client.clone());
+        let sent = tokio::time::timeout(upstream.timeout, client.request(out)).await;
         let elapsed = started.elapsed();
         ctx.upstream_ms = Some(elapsed.as_secs_f64() * 1e3);
         metrics::histogram!("weir_upstream_latency_seconds", "upstream" => route.upstream.clone())
@@ -809,7 +864,11 @@ impl Gateway {
                 Err(Refusal::code("SERVICE_CONNECTION_LOST")
                     .message("The upstream service could not be reached or closed the connection."))
             }
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                // The streamed request body went to the upstream.
+                ctx.body_unread = false;
+                Ok(resp)
+            }
         };
         let success = matches!(&result, Ok(r) if r.status().as_u16() < 500);
         breaker.record(Instant::now(), success, probe);
@@ -929,6 +988,46 @@ async fn normalize(resp: Response<Body>, dialect: Dialect, request_id: &str) -> 
     );
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(rendered))
+}
+
+enum ReadError {
+    TooLarge,
+    Broken,
+}
+
+/// Reads a body whole, but never more than `limit` bytes.
+async fn read_up_to(body: &mut Body, limit: usize) -> Result<Bytes, ReadError> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ReadError::Broken)?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(ReadError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Lingering close: after refusing a request whose body was not read, discard what the
+/// client is still sending (at most 1 MiB, for at most 5 s) so it can finish writing and
+/// read the refusal, instead of meeting a reset connection. Nothing is kept.
+fn linger(mut body: Body) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut seen = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    seen += data.len();
+                    if seen > 1 << 20 {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    });
 }
 
 /// The request body: buffered when some step needed it whole, else streamed.

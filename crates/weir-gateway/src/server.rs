@@ -85,6 +85,9 @@ impl Server {
 
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests
     /// finish (up to the grace period) and returns.
+    ///
+    /// Public connections are served thread-per-core (see the body); the admin endpoints
+    /// run on the caller's runtime.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), GatewayError> {
         let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
         let draining = self.draining.clone();
@@ -125,50 +128,114 @@ impl Server {
                 .await;
         });
 
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = self.public.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let gateway = self.gateway.clone();
-                    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                        let gateway = gateway.clone();
-                        async move { Ok::<_, Infallible>(gateway.handle(req.map(Body::new), peer).await) }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), service);
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    });
-                }
-                () = &mut shutdown => break,
-            }
+        // Thread-per-core: each worker thread runs its own single-threaded runtime with its
+        // own accept loop on a clone of the listening socket and its own upstream client, so
+        // a request never crosses threads.
+        let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let listener = self.public.into_std()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut threads = Vec::with_capacity(workers);
+        for n in 0..workers {
+            let l = listener.try_clone()?;
+            let gateway = self.gateway.clone();
+            let mut stop = stop_rx.clone();
+            let grace = self.grace;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("weir-worker-{n}"))
+                    .spawn(move || {
+                        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        else {
+                            tracing::error!("could not start a worker runtime");
+                            return;
+                        };
+                        rt.block_on(async move {
+                            crate::gateway::WORKER_CLIENT.with(|c| {
+                                let _ = c.set(crate::gateway::upstream_client());
+                            });
+                            let Ok(listener) = TcpListener::from_std(l) else {
+                                tracing::error!("could not register the listener");
+                                return;
+                            };
+                            serve_connections(
+                                listener,
+                                gateway,
+                                async move {
+                                    let _ = stop.wait_for(|s| *s).await;
+                                },
+                                grace,
+                            )
+                            .await;
+                        });
+                    })
+                    .map_err(GatewayError::Io)?,
+            );
         }
+        drop(listener);
+        shutdown.await;
         self.draining.store(true, Ordering::SeqCst);
         tracing::info!(
             grace_s = self.grace.as_secs_f64(),
             "shutting down: draining in-flight requests"
         );
-        drop(self.public);
-        tokio::select! {
-            () = graceful.shutdown() => tracing::info!("all connections drained"),
-            () = tokio::time::sleep(self.grace) => tracing::warn!("grace period over; closing remaining connections"),
-        }
+        let _ = stop_tx.send(true);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         let _ = stop_admin.send(true);
         let _ = admin_task.await;
         Ok(())
+    }
+}
+
+/// One worker's accept loop: serves connections until `stop`, then drains them (at most
+/// `grace`) and returns.
+async fn serve_connections(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    stop: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let gateway = gateway.clone();
+                let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, Infallible>(gateway.handle(req.map(Body::new), peer).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut stop => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
 }
