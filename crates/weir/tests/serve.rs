@@ -80,22 +80,33 @@ fn get(port: u16) -> (u16, String) {
     (status, limit)
 }
 
-#[test]
-fn serve_logs_reloads_on_sighup_and_drains_on_sigterm() {
-    let dir = std::env::temp_dir().join(format!("weir-serve-{}", std::process::id()));
+/// Starts `weir serve` on free ports with the free plan at `per_minute`, waits until it
+/// listens; returns the process, its directory, config file and ports.
+fn start_serve(
+    name: &str,
+    per_minute: u32,
+    out: Stdio,
+) -> (Proc, std::path::PathBuf, std::path::PathBuf, u16, u16) {
+    let dir = std::env::temp_dir().join(format!("weir-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let (port, admin) = (free_port(), free_port());
     let file = dir.join("weir.toml");
-    std::fs::write(&file, config(port, admin, 10, &dir)).expect("write");
+    std::fs::write(&file, config(port, admin, per_minute, &dir)).expect("write");
     let child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["serve", "--config"])
         .arg(&file)
-        .stdout(Stdio::piped())
+        .stdout(out)
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let mut proc = Proc(child);
+    let proc = Proc(child);
     wait_listening(port);
+    (proc, dir, file, port, admin)
+}
+
+#[test]
+fn serve_logs_reloads_on_sighup_and_drains_on_sigterm() {
+    let (mut proc, dir, file, port, admin) = start_serve("serve", 10, Stdio::piped());
     for _ in 0..3 {
         assert_eq!(get(port), (200, "10".to_owned()));
     }
@@ -197,20 +208,7 @@ fn hash_key_prints_a_config_hash() {
 
 #[test]
 fn call_prints_the_body_and_repeat_prints_one_json_summary() {
-    let dir = std::env::temp_dir().join(format!("weir-call-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let (port, admin) = (free_port(), free_port());
-    let file = dir.join("weir.toml");
-    std::fs::write(&file, config(port, admin, 5, &dir)).expect("write");
-    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["serve", "--config"])
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let _proc = Proc(child);
-    wait_listening(port);
+    let (_proc, _dir, _file, port, _admin) = start_serve("call", 5, Stdio::null());
     let url = format!("http://127.0.0.1:{port}/v1/echo");
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args([
