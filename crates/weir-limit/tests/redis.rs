@@ -295,8 +295,18 @@ async fn fault_test(policy: FailurePolicy) {
     let second = limiter.check(&r).await.expect("redis is back");
     assert!(!first.degraded && !second.degraded);
     let remaining = |d: &weir_limit::Decision| d.limiting_status().map(|s| s.remaining);
-    assert_eq!(remaining(&first), Some(999));
-    assert_eq!(remaining(&second), Some(998));
+    assert_eq!(
+        remaining(&first),
+        Some(999),
+        "a fresh counter in the restarted Redis"
+    );
+    // 1000/s refills one unit per millisecond: on a loaded machine the second check may
+    // already see it back, never more.
+    assert!(
+        matches!(remaining(&second), Some(998 | 999)),
+        "{:?}",
+        remaining(&second)
+    );
     assert!(
         server.raw(&["KEYS", "*resumed*"]).contains("resumed"),
         "the counter lives in Redis"
