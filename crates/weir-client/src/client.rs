@@ -468,7 +468,12 @@ impl Client {
                     }
                     let asked = decision.retry_after;
                     match self
-                        .plan_retry(true, attempts, deadline, asked.map(|a| received + a))
+                        .plan_retry(
+                            true,
+                            attempts,
+                            deadline,
+                            asked.map(|a| received + a.min(crate::MAX_SERVER_WAIT)),
+                        )
                         .await
                     {
                         Ok(w) => {

@@ -101,7 +101,7 @@ pub async fn poll<T>(
             JobState::Pending => {}
         }
         let wait = match RetryAfter::from_headers(&resp.headers) {
-            Some(ra) => ra.delay_from(SystemTime::now()),
+            Some(ra) => ra.delay_from(SystemTime::now()).min(crate::MAX_SERVER_WAIT),
             None => {
                 let half = interval / 2;
                 half + Duration::from_micros(

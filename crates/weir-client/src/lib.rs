@@ -29,4 +29,10 @@ pub mod middleware;
 pub mod pacing;
 
 pub use client::{Call, Client, ClientConfig, Success};
+
+/// The longest wait the client ever takes from a server (Retry-After, a rate-limit reset,
+/// a learned emission interval). Servers may send any number; RFC 9110 lets clients clamp.
+/// Anything longer exceeds every sensible deadline, and unclamped it could overflow time
+/// arithmetic.
+pub const MAX_SERVER_WAIT: std::time::Duration = std::time::Duration::from_secs(86_400);
 pub use error::{CallError, ErrorKind};

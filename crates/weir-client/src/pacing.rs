@@ -11,9 +11,17 @@
 //! Without any rate-limit headers, a 429 halves the pace (the send interval doubles) and
 //! each success shortens it by 10% — additive-increase/multiplicative-decrease on the rate.
 
+use crate::MAX_SERVER_WAIT;
 use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use weir_contract::headers::{ratelimit, HeaderLookup, RetryAfter, XRateLimit};
+
+/// `now + n × emission`, clamped so no header value can overflow time arithmetic.
+fn ahead(now: Instant, emission: Duration, n: u64) -> Instant {
+    now + emission
+        .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
+        .min(MAX_SERVER_WAIT)
+}
 
 #[derive(Debug)]
 struct State {
@@ -137,11 +145,10 @@ impl Pacer {
         if let Some(t) = tightest {
             if let (Some(q), Some(w)) = (t.quota.filter(|q| *q > 0), t.window) {
                 s.limit = Some(q);
-                s.emission = Duration::from_secs(w) / u32::try_from(q).unwrap_or(u32::MAX);
-                let used = q.saturating_sub(t.remaining) + pending;
-                s.tat = s
-                    .tat
-                    .max(now + s.emission * u32::try_from(used).unwrap_or(u32::MAX));
+                s.emission = (Duration::from_secs(w) / u32::try_from(q).unwrap_or(u32::MAX))
+                    .min(MAX_SERVER_WAIT);
+                let used = q.saturating_sub(t.remaining).saturating_add(pending);
+                s.tat = s.tat.max(ahead(now, s.emission, used));
                 learned = true;
             }
         }
@@ -154,16 +161,16 @@ impl Pacer {
                             if let Some(reset) = x.reset {
                                 let until = Duration::from_secs(reset.seconds_from(unix));
                                 if !until.is_zero() {
-                                    s.emission = until / u32::try_from(used).unwrap_or(u32::MAX);
+                                    s.emission = (until / u32::try_from(used).unwrap_or(u32::MAX))
+                                        .min(MAX_SERVER_WAIT);
                                 }
                             }
                         }
                         if !s.emission.is_zero() {
                             s.limit = Some(l);
-                            s.tat = s.tat.max(
-                                now + s.emission
-                                    * u32::try_from(used + pending).unwrap_or(u32::MAX),
-                            );
+                            s.tat = s
+                                .tat
+                                .max(ahead(now, s.emission, used.saturating_add(pending)));
                             learned = true;
                         }
                     }
@@ -172,16 +179,13 @@ impl Pacer {
         }
         if status == 429 {
             if let Some(ra) = RetryAfter::from_headers(headers) {
-                let at = now + ra.delay_from(SystemTime::now());
+                let at = now + ra.delay_from(SystemTime::now()).min(MAX_SERVER_WAIT);
                 s.next_free = s.next_free.max(at);
                 if let Some(l) = s.limit {
-                    let back = s
-                        .emission
-                        .saturating_mul(u32::try_from(l.saturating_sub(1)).unwrap_or(u32::MAX));
-                    s.tat = s.tat.max(at + back);
+                    s.tat = s.tat.max(ahead(at, s.emission, l.saturating_sub(1)));
                 }
             } else if !learned {
-                s.interval = (s.interval * 2).max(Duration::from_millis(10));
+                s.interval = (s.interval * 2).clamp(Duration::from_millis(10), MAX_SERVER_WAIT);
                 s.next_free = now + s.interval;
             }
         } else if status < 400 && !learned && !s.interval.is_zero() {

@@ -504,3 +504,43 @@ async fn paces_from_x_ratelimit_headers_alone() {
         0
     );
 }
+
+#[tokio::test]
+async fn absurd_waits_from_a_server_are_clamped_not_panics() {
+    // Numbers at the edge of what the grammars allow, on a 429 and on a 200.
+    let huge = vec![
+        ("retry-after", "99999999999999999999999".to_owned()),
+        ("x-ratelimit-limit", "1".to_owned()),
+        ("x-ratelimit-remaining", "0".to_owned()),
+        ("x-ratelimit-reset", "999999999999".to_owned()),
+        ("ratelimit-policy", "\"p\";q=1;w=999999999999999".to_owned()),
+        ("ratelimit", "\"p\";r=0;t=999999999999999".to_owned()),
+    ];
+    let (url, _) = serve(vec![(200, huge.clone(), "ok"), (429, huge, "")]).await;
+    let cfg = ClientConfig {
+        timeout: Duration::from_secs(2),
+        ..fast()
+    };
+    let c = Client::new(cfg);
+    c.execute(Call::new(Method::GET, &url))
+        .await
+        .expect("the first answer is a 200");
+    let started = Instant::now();
+    let e = c
+        .execute(Call::new(Method::GET, &url))
+        .await
+        .expect_err("paced past the deadline");
+    assert_eq!(e.kind, ErrorKind::WaitExceedsDeadline);
+    assert!(started.elapsed() < Duration::from_secs(1), "fails fast");
+    let (url, _) = serve(vec![(
+        429,
+        vec![("retry-after", "99999999999999999999999".to_owned())],
+        "",
+    )])
+    .await;
+    let e = Client::new(fast())
+        .execute(Call::new(Method::GET, &url))
+        .await
+        .expect_err("too long");
+    assert_eq!(e.kind, ErrorKind::WaitExceedsDeadline);
+}

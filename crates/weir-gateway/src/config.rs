@@ -486,13 +486,24 @@ pub fn parse_size(s: &str) -> Option<u64> {
     n.checked_mul(mult)
 }
 
+/// The longest duration any key accepts (longer values are mistakes, and would overflow
+/// time arithmetic).
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 fn duration(path: &str, s: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(s).map_err(|e| {
+    let d = humantime::parse_duration(s).map_err(|e| {
         err(
             path,
             format!("{s:?} is not a duration ({e}); write e.g. \"30s\", \"20ms\", \"24h\""),
         )
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(err(
+            path,
+            format!("{s:?} is longer than the maximum of 365 days"),
+        ));
+    }
+    Ok(d)
 }
 
 fn size(path: &str, s: &str) -> Result<u64, ConfigError> {
@@ -920,6 +931,9 @@ mod tests {
         let e = Config::parse("[[routes]]\nname=\"a\"\nprefix=\"/a\"\nupstream=\"nope\"\n")
             .expect_err("unknown upstream");
         assert_eq!(e.path, "routes[0].upstream");
+        let e =
+            Config::parse("[server]\nshutdown_grace = \"9999999999999s\"\n").expect_err("too long");
+        assert_eq!(e.path, "server.shutdown_grace");
         let e = Config::parse("[store]\nkind = \"disk\"\n").expect_err("bad kind");
         assert_eq!(e.path, "store.kind");
         let e = Config::parse("[[limits]]\nname = \"x\"\ncount = 5\nwindow = \"forever\"\n")

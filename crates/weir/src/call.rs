@@ -14,9 +14,12 @@ use weir_client::{Call, CallError, Client, ClientConfig};
 const EXIT_FAILED: u8 = 1;
 
 pub fn run(args: CallArgs) -> Result<ExitCode> {
-    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
-        bail!("--timeout must be a positive number of seconds");
-    }
+    let timeout = Duration::try_from_secs_f64(args.timeout)
+        .ok()
+        .filter(|t| !t.is_zero() && *t <= Duration::from_secs(365 * 86_400))
+        .ok_or_else(|| {
+            anyhow::anyhow!("--timeout must be a positive number of seconds, at most a year")
+        })?;
     let mut headers = http::HeaderMap::new();
     for h in &args.headers {
         let Some((name, value)) = weir_client::client::parse_header(h) else {
@@ -42,7 +45,7 @@ pub fn run(args: CallArgs) -> Result<ExitCode> {
     }
     let config = ClientConfig {
         max_attempts: args.max_attempts,
-        timeout: Duration::from_secs_f64(args.timeout),
+        timeout,
         ..ClientConfig::default()
     };
     let call = Call {

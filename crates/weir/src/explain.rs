@@ -15,7 +15,9 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
     let headers = parse_headers(&args.headers)?;
     let body = read_body(args.body.as_deref())?;
     let now = match args.now {
-        Some(s) => UNIX_EPOCH + Duration::from_secs(s),
+        Some(s) => UNIX_EPOCH
+            .checked_add(Duration::from_secs(s))
+            .ok_or_else(|| anyhow::anyhow!("--now {s} is beyond the representable time"))?,
         None => SystemTime::now(),
     };
     let known = args.known;

@@ -191,6 +191,15 @@ fn bad_input_exits_2_with_one_line() {
         &["explain", "-H", "no colon here"],
         &["explain", "--body", "@/definitely/not/here"],
         &["frobnicate"],
+        &[
+            "explain",
+            "--status",
+            "429",
+            "--now",
+            "18446744073709551615",
+        ],
+        &["call", "http://127.0.0.1:9/x", "--timeout", "1e300"],
+        &["call", "http://127.0.0.1:9/x", "--timeout", "-1"],
     ] {
         let out = weir(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

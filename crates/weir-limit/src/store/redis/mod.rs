@@ -394,7 +394,7 @@ impl Store for RedisStore {
             let mut cmd = redis::cmd("ZREM");
             cmd.arg(key).arg(lease);
             // Best effort: if this is lost, the lease expires after its TTL.
-            let _ = tokio::time::timeout(deadline * 10, async {
+            let _ = tokio::time::timeout(deadline.saturating_mul(10), async {
                 match conn {
                     Conn::Single(mut c) => cmd.query_async::<i64>(&mut c).await,
                     Conn::Cluster(mut c) => cmd.query_async::<i64>(&mut c).await,
