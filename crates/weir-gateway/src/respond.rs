@@ -6,7 +6,6 @@
 
 use axum::body::Body;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
-use std::fmt::Write as _;
 use weir_contract::catalogue;
 use weir_contract::headers::ratelimit::{self, Policy as RlPolicy, QuotaUnit, RateLimitItem};
 use weir_contract::{ApiError, Dialect};
@@ -180,10 +179,12 @@ pub fn rate_limited(decision: &Decision, policy: &Policy) -> Refusal {
 /// for every limit checked.
 pub fn apply_limit_headers(h: &mut HeaderMap, decision: &Decision, policy: &Policy, ietf: bool) {
     if let Some(s) = decision.limiting_status() {
-        let mut buf = itoa_buf();
-        h.insert("x-ratelimit-limit", num(&mut buf, s.limit));
-        h.insert("x-ratelimit-remaining", num(&mut buf, s.remaining));
-        h.insert("x-ratelimit-reset", num(&mut buf, decision.reset_unix(s)));
+        h.insert("x-ratelimit-limit", HeaderValue::from(s.limit));
+        h.insert("x-ratelimit-remaining", HeaderValue::from(s.remaining));
+        h.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from(decision.reset_unix(s)),
+        );
     }
     if !ietf || decision.limits.is_empty() {
         return;
@@ -218,14 +219,4 @@ pub fn apply_limit_headers(h: &mut HeaderMap, decision: &Decision, policy: &Poli
             h.insert("ratelimit", l);
         }
     }
-}
-
-fn itoa_buf() -> String {
-    String::with_capacity(20)
-}
-
-fn num(buf: &mut String, n: u64) -> HeaderValue {
-    buf.clear();
-    let _ = write!(buf, "{n}");
-    HeaderValue::from_str(buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
