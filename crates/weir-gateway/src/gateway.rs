@@ -367,12 +367,10 @@ impl Gateway {
         }
         let status = resp.status().as_u16();
         let code = resp
-            .headers()
-            .get("x-weir-error")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+            .extensions()
+            .get::<respond::ErrorCode>()
+            .map_or("", |c| c.0)
             .to_owned();
-        resp.headers_mut().remove("x-weir-error");
         let route = ctx.route.as_deref().unwrap_or("(none)").to_owned();
         let elapsed = started.elapsed();
         metrics::counter!("weir_requests_total", "route" => route.clone(), "status" => status.to_string(), "code" => code.clone()).increment(1);

@@ -225,13 +225,12 @@ where
             Ok(d) => d,
             Err(_) => {
                 let refusal = respond::Refusal::code("SERVICE_UNAVAILABLE").retry_after(1);
-                let mut resp = respond::render(
+                let resp = respond::render(
                     &refusal,
                     self.layer.dialect,
                     &request_id,
                     "https://weir.invalid/errors/",
                 );
-                resp.headers_mut().remove("x-weir-error");
                 return Box::pin(async move { Ok(resp) });
             }
         };
@@ -247,7 +246,6 @@ where
                 &request_id,
                 "https://weir.invalid/errors/",
             );
-            resp.headers_mut().remove("x-weir-error");
             respond::apply_limit_headers(resp.headers_mut(), &decision, &policy, true);
             return Box::pin(async move { Ok(resp) });
         }

@@ -11,6 +11,11 @@ use weir_contract::headers::ratelimit::{self, Policy as RlPolicy, QuotaUnit, Rat
 use weir_contract::{ApiError, Dialect};
 use weir_limit::{Decision, Policy};
 
+/// The error code of a response weir rendered, as a response extension (read by the
+/// gateway for its metrics and access log; never sent on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 /// A request the gateway answers itself.
 #[derive(Debug, Clone)]
 pub struct Refusal {
@@ -116,14 +121,13 @@ pub fn render(
     }
     let body = dialect.render_string(&err);
     let mut resp = Response::new(Body::from(body));
+    resp.extensions_mut().insert(ErrorCode(refusal.code));
     *resp.status_mut() = refusal.status;
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(dialect.content_type()),
     );
-    // Read (and removed) by the gateway for its metrics and access log.
-    h.insert("x-weir-error", HeaderValue::from_static(refusal.code));
     if refusal.status == StatusCode::UNAUTHORIZED {
         let challenge = format!(
             "Bearer realm=\"weir\", error=\"invalid_token\", error_description=\"{}\"",
