@@ -360,3 +360,35 @@ async fn fail_open_divides_each_quota_by_the_instance_count() {
         "40/min shared by 4 instances: 10/min here while Redis is away"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_whose_holder_died_expires() {
+    let server = RedisServer::start();
+    let mut cfg = RedisConfig::single(server.url());
+    cfg.lease_ttl = Duration::from_millis(300);
+    let store = RedisStore::connect(cfg).await.expect("connect");
+    let policy = Policy::new(vec![LimitDef::concurrency(
+        "inflight",
+        &[Dimension::Organisation],
+        NonZeroU64::new(1).expect("nz"),
+    )])
+    .expect("p");
+    let limiter = Limiter::new(policy, store, SystemClock::default());
+    let r = Request {
+        organisation: Some("o"),
+        ..Request::default()
+    };
+    let held = limiter.check(&r).await.expect("redis");
+    assert!(held.is_admitted());
+    // The holder "dies": its permit is never released.
+    std::mem::forget(held);
+    assert!(
+        !limiter.check(&r).await.expect("redis").is_admitted(),
+        "the slot is taken"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        limiter.check(&r).await.expect("redis").is_admitted(),
+        "the dead holder's lease expired"
+    );
+}

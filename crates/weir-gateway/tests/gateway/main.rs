@@ -998,7 +998,7 @@ mod redis_backed {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_gateway_instances_share_limits_and_idempotency_keys_through_redis() {
-        let server = redis_server::RedisServer::start();
+        let mut server = redis_server::RedisServer::start();
         let shared = format!(
             "[store]\nkind = \"redis\"\nurl = \"{url}\"\ndeadline = \"500ms\"\n{ECHO}{DOCS}{PLANS}",
             url = server.url()
@@ -1043,5 +1043,16 @@ mod redis_backed {
             "instance B replays A's response"
         );
         assert_eq!(json(again).await, first);
+        // Redis goes away; the default policy fails closed: 503 with Retry-After.
+        server.kill();
+        let resp = c
+            .get(a.url("/v1/echo"))
+            .bearer_auth("pro-secret")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        assert_eq!(json(resp).await["detail"]["code"], "SERVICE_UNAVAILABLE");
     }
 }
