@@ -1,8 +1,11 @@
 //! weir-limit against governor, in the same run.
 //!
-//! (a) one limit, one key, ns per decision, vs governor's direct limiter;
+//! (a) one limit, one key, ns per decision, vs governor's direct limiter: through the
+//!     policy engine (a keyed limit, one hot key: the gateway's path) and through weir's
+//!     own unkeyed `DirectLimiter`;
 //! (b) 100k keys, one limit, vs governor's keyed limiter;
-//! (c) a 3-limit policy (org + IP + user), weir only (goal: under 3x (a));
+//! (c) a 3-limit policy (org + IP + user), weir only (goal: under 3x (a)): on one hot
+//!     key per limit (like (a)), and over 100k keys (like (b));
 //! (d) 2 threads, 100k keys, aggregate time per decision, vs governor keyed.
 //!
 //! Quotas are generous so every decision is an admit (the path real traffic takes);
@@ -73,6 +76,11 @@ fn bench(c: &mut Criterion) {
                 .map(|d| d.is_admitted())
         })
     });
+    // weir's own unkeyed limiter, the like-for-like peer of governor's direct one.
+    let direct = weir_limit::DirectLimiter::new(big());
+    g.bench_function("weir_direct", |b| {
+        b.iter(|| black_box(&direct).check().is_admitted())
+    });
     let gov = RateLimiter::direct(gbig());
     g.bench_function("governor_direct", |b| {
         b.iter(|| black_box(&gov).check().is_ok())
@@ -123,8 +131,30 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
+    // (c) as (a) but with three limits: one organisation, one IP, one user, every decision
+    // an admit — so (c) / (a) is the cost of the two extra limits and the all-or-nothing
+    // claim, not of cache misses.
     let mut g = c.benchmark_group("c_three_limits_org_ip_user");
     g.throughput(Throughput::Elements(1));
+    let weir = limiter(vec![
+        LimitDef::rate("org", &[Dimension::Organisation], big()),
+        LimitDef::rate("ip", &[Dimension::ClientIp], big()),
+        LimitDef::rate("user", &[Dimension::User], big()),
+    ]);
+    let policy = weir.policy();
+    let req = Request {
+        organisation: Some("acme"),
+        client_ip: Some("203.0.113.7"),
+        user: Some("user-1"),
+        ..Request::default()
+    };
+    g.bench_function("weir_hot_keys", |b| {
+        b.iter(|| {
+            weir.check_now(&policy, black_box(&req))
+                .map(|d| d.is_admitted())
+        })
+    });
+    // The same over 100k keys (compare with (b): the same key spread, one limit).
     let weir = limiter(vec![
         LimitDef::rate("org", &[Dimension::Organisation], keyed_quota()),
         LimitDef::rate("ip", &[Dimension::ClientIp], keyed_quota()),
@@ -132,7 +162,7 @@ fn bench(c: &mut Criterion) {
     ]);
     let policy = weir.policy();
     let mut i = 0usize;
-    g.bench_function("weir", |b| {
+    g.bench_function("weir_100k_keys", |b| {
         b.iter(|| {
             i = (i + 7919) % KEYS;
             let r = Request {

@@ -12,6 +12,8 @@
 //! * [`Store`]: where counters live. [`MemoryStore`] is the embedded default; other stores
 //!   (Redis) implement the same trait and pass the same test suite.
 //! * [`Clock`]: time is an input; [`ManualClock`] makes tests exact.
+//! * [`DirectLimiter`]: one quota on one counter, no keys — the same GCRA for a limit
+//!   that is the same for every caller in a process.
 //!
 //! ```
 //! use weir_limit::{Dimension, LimitDef, Limiter, ManualClock, MemoryStore, Policy, Quota, Request};
@@ -30,6 +32,7 @@
 
 pub mod breaker;
 pub mod clock;
+pub mod direct;
 pub mod gcra;
 pub mod limiter;
 pub mod policy;
@@ -37,6 +40,7 @@ pub mod quota;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, Nanos, SystemClock};
+pub use direct::{DirectDecision, DirectLimiter};
 pub use limiter::{Decision, LimitError, LimitStatus, LimitVerdict, Limiter, Outcome, Permit};
 pub use policy::{
     Dimension, LimitDef, LimitKind, MethodClass, MethodFilter, PlanValue, Policy, PolicyError,

@@ -5,7 +5,7 @@ use crate::clock::{ceil_secs, Clock, Nanos, SystemClock};
 use crate::gcra;
 use crate::policy::{LimitKind, Policy, Request};
 use crate::store::memory::MemoryStore;
-use crate::store::{CheckItem, Op, Store, StoreDecision, StoreError};
+use crate::store::{AsCheckItem, CheckItem, Op, Store, StoreError};
 use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 use std::borrow::Cow;
@@ -118,7 +118,12 @@ pub enum LimitError {
 }
 
 /// Gives concurrency slots back when the request is done (or dropped).
-pub struct Permit {
+///
+/// One pointer wide: most decisions hold no permit, and a [`Decision`] is moved around on
+/// every request, so the slots live behind a box.
+pub struct Permit(Box<PermitInner>);
+
+struct PermitInner {
     releaser: Arc<dyn Release>,
     lease: u64,
     first_scope: Box<str>,
@@ -128,16 +133,16 @@ pub struct Permit {
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Permit")
-            .field("slots", &self.slots.len())
+            .field("slots", &self.0.slots.len())
             .finish()
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        for (limit, scope) in &self.slots {
-            self.releaser
-                .release(limit, scope, &self.first_scope, self.lease);
+        let p = &self.0;
+        for (limit, scope) in &p.slots {
+            p.releaser.release(limit, scope, &p.first_scope, p.lease);
         }
     }
 }
@@ -188,11 +193,23 @@ impl Limiter<MemoryStore, SystemClock> {
     }
 }
 
+/// A store's answer, borrowed (so the in-memory path builds no [`StoreDecision`]).
+struct Decided<'v> {
+    now: Nanos,
+    admitted: bool,
+    values: &'v [u64],
+    lease: u64,
+    degraded: bool,
+}
+
 /// Per-item plan resolved at check time (kept small: it lives across the store's await).
 struct Planned<'r> {
+    limit: &'r str,
     index: u32,
     /// The quota's window in seconds; 0 marks a concurrency limit.
     window_secs: u32,
+    /// The quota's count (or the concurrency cap), so no decision divides to find it.
+    count: u64,
     scope: Cow<'r, str>,
     op: Op,
 }
@@ -254,17 +271,19 @@ impl<S: Store, C: Clock> Limiter<S, C> {
             // Never touch the store for a request that can never pass.
             return Ok(self.never_decision(now, &planned, cost));
         }
-        let items = items(policy, &planned);
-        let decided = self.store.decide(now, &items).await?;
+        let items: SmallVec<[CheckItem<'_>; 4]> = planned.iter().map(AsCheckItem::item).collect();
+        let d = self.store.decide(now, &items).await?;
+        let decided = Decided {
+            now: d.now,
+            admitted: d.admitted,
+            values: &d.values,
+            lease: d.lease,
+            degraded: d.degraded,
+        };
         Ok(self.finish(policy, &planned, &decided))
     }
 
-    fn finish(
-        &self,
-        policy: &Policy,
-        planned: &[Planned<'_>],
-        decided: &StoreDecision,
-    ) -> Decision {
+    fn finish(&self, policy: &Policy, planned: &[Planned<'_>], decided: &Decided<'_>) -> Decision {
         let now = decided.now;
         let mut limits: SmallVec<[LimitStatus; 4]> = SmallVec::with_capacity(planned.len());
         let mut retry_after = Duration::ZERO;
@@ -288,7 +307,7 @@ impl<S: Store, C: Clock> Limiter<S, C> {
                     LimitStatus {
                         index: p.index as usize,
                         window_secs: u64::from(p.window_secs),
-                        limit: capacity_ns / emission_ns,
+                        limit: p.count,
                         remaining: gcra::remaining_raw(emission_ns, capacity_ns, value, now),
                         reset_after_ns: value.saturating_sub(now),
                         verdict,
@@ -328,7 +347,7 @@ impl<S: Store, C: Clock> Limiter<S, C> {
             }
             limits.push(status);
         }
-        let permit = if decided.admitted {
+        let permit = if decided.admitted && planned.iter().any(|p| p.window_secs == 0) {
             let slots: SmallVec<[(Box<str>, Box<str>); 1]> = planned
                 .iter()
                 .filter(|p| p.window_secs == 0)
@@ -339,11 +358,13 @@ impl<S: Store, C: Clock> Limiter<S, C> {
                     )
                 })
                 .collect();
-            (!slots.is_empty()).then(|| Permit {
-                releaser: self.store.clone(),
-                lease: decided.lease,
-                first_scope: planned.first().map_or("", |p| p.scope.as_ref()).into(),
-                slots,
+            (!slots.is_empty()).then(|| {
+                Permit(Box::new(PermitInner {
+                    releaser: self.store.clone(),
+                    lease: decided.lease,
+                    first_scope: planned.first().map_or("", |p| p.scope.as_ref()).into(),
+                    slots,
+                }))
             })
         } else {
             None
@@ -433,8 +454,10 @@ fn plan<'r>(
                 };
                 never |= cost > quota.count();
                 planned.push(Planned {
+                    limit: &def.name,
                     index: u32::try_from(index).unwrap_or(u32::MAX),
                     window_secs: u32::try_from(quota.window_secs()).unwrap_or(u32::MAX),
+                    count: quota.count(),
                     scope,
                     op: Op::Rate {
                         emission_ns: quota.emission_ns(),
@@ -448,8 +471,10 @@ fn plan<'r>(
                     continue;
                 };
                 planned.push(Planned {
+                    limit: &def.name,
                     index: u32::try_from(index).unwrap_or(u32::MAX),
                     window_secs: 0,
+                    count: max.get(),
                     scope,
                     op: Op::Acquire { max: max.get() },
                 });
@@ -459,15 +484,15 @@ fn plan<'r>(
     (cost, never)
 }
 
-fn items<'p>(policy: &'p Policy, planned: &'p [Planned<'_>]) -> SmallVec<[CheckItem<'p>; 4]> {
-    planned
-        .iter()
-        .map(|p| CheckItem {
-            limit: &policy.limits[p.index as usize].name,
-            scope: &p.scope,
-            op: p.op,
-        })
-        .collect()
+impl AsCheckItem for Planned<'_> {
+    #[inline]
+    fn item(&self) -> CheckItem<'_> {
+        CheckItem {
+            limit: self.limit,
+            scope: &self.scope,
+            op: self.op,
+        }
+    }
 }
 
 impl<C: Clock> Limiter<MemoryStore, C> {
@@ -484,8 +509,15 @@ impl<C: Clock> Limiter<MemoryStore, C> {
         if never {
             return Ok(self.never_decision(now, &planned, cost));
         }
-        let items = items(policy, &planned);
-        let decided = self.store.decide_now(now, &items)?;
+        let mut values: SmallVec<[u64; 4]> = SmallVec::from_elem(0, planned.len());
+        let admitted = self.store.decide_into(now, &planned, &mut values)?;
+        let decided = Decided {
+            now,
+            admitted,
+            values: &values,
+            lease: 0,
+            degraded: false,
+        };
         Ok(self.finish(policy, &planned, &decided))
     }
 }

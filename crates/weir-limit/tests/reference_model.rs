@@ -13,7 +13,8 @@ use proptest::prelude::*;
 use std::collections::HashMap;
 use std::time::Duration;
 use weir_limit::{
-    Dimension, LimitDef, Limiter, ManualClock, MemoryStore, Outcome, Policy, Quota, Request,
+    Dimension, DirectLimiter, LimitDef, Limiter, ManualClock, MemoryStore, Outcome, Policy, Quota,
+    Request,
 };
 
 #[derive(Debug, Clone)]
@@ -167,7 +168,9 @@ proptest! {
         )
         .expect("policy");
         let clock = ManualClock::at_unix_secs(1_700_000_000);
-        let limiter = Limiter::new(policy, MemoryStore::with_shards(10_000, 2), clock.clone());
+        // The async path (any store) and the gateway's synchronous in-memory path.
+        let limiter = Limiter::new(policy.clone(), MemoryStore::with_shards(10_000, 2), clock.clone());
+        let sync = Limiter::new(policy.clone(), MemoryStore::with_shards(10_000, 2), clock.clone());
         let mut model = Model { limits, departures: HashMap::new() };
         let mut last_wait = 0u64;
         for (n, s) in steps.iter().enumerate() {
@@ -180,12 +183,41 @@ proptest! {
             let user = format!("user{}", s.user);
             let request = Request { client_ip: Some(&ip), user: Some(&user), cost: s.cost, ..Request::default() };
             let d = block_on(limiter.check(&request)).expect("memory store");
+            let ds = sync.check_now(&policy, &request).expect("memory store");
+            prop_assert_eq!(d.outcome, ds.outcome, "step {}: check_now", n);
+            prop_assert_eq!(d.retry_after, ds.retry_after, "step {}: check_now", n);
+            prop_assert_eq!(&d.limits, &ds.limits, "step {}: check_now", n);
+            prop_assert_eq!(d.limiting, ds.limiting, "step {}: check_now", n);
             let (outcome, wait, remaining) = model.check(weir_limit::Clock::now(&clock), &ip, &user, s.cost);
             prop_assert_eq!(d.outcome, outcome, "step {}", n);
             prop_assert_eq!(d.retry_after, Duration::from_nanos(wait), "step {}", n);
             if outcome != Outcome::CostExceedsLimit {
                 let got: Vec<u64> = d.limits.iter().map(|l| l.remaining).collect();
                 prop_assert_eq!(got, remaining, "step {}", n);
+            }
+            last_wait = wait;
+        }
+    }
+
+    #[test]
+    fn direct_limiter_matches_the_reference_model(spec in limit_spec(), steps in prop::collection::vec(step(), 1..200)) {
+        let quota = Quota::new(spec.count, Duration::from_secs(spec.window_s)).expect("valid");
+        let clock = ManualClock::at_unix_secs(1_700_000_000);
+        let direct = DirectLimiter::with_clock(quota, clock.clone());
+        let mut model = Model { limits: vec![(quota, None)], departures: HashMap::new() };
+        let mut last_wait = 0u64;
+        for (n, s) in steps.iter().enumerate() {
+            if s.advance_by_last_wait && last_wait > 0 {
+                clock.advance(Duration::from_nanos(last_wait));
+            } else {
+                clock.advance(Duration::from_millis(s.advance_ms));
+            }
+            let d = direct.check_n(s.cost);
+            let (outcome, wait, remaining) = model.check(weir_limit::Clock::now(&clock), "", "", s.cost);
+            prop_assert_eq!(d.outcome, outcome, "step {}", n);
+            prop_assert_eq!(d.retry_after(), Duration::from_nanos(wait), "step {}", n);
+            if outcome != Outcome::CostExceedsLimit {
+                prop_assert_eq!(vec![d.remaining()], remaining, "step {}", n);
             }
             last_wait = wait;
         }

@@ -15,7 +15,7 @@
 //!   refused with [`StoreErrorKind::Capacity`] (the gateway answers 503) while existing keys
 //!   keep working. Weir never evicts a live key, because that would silently over-admit.
 
-use super::{CheckItem, Op, Store, StoreDecision, StoreError, StoreErrorKind};
+use super::{AsCheckItem, CheckItem, Op, Store, StoreDecision, StoreError, StoreErrorKind};
 use crate::clock::Nanos;
 use hashbrown::hash_table::{Entry as TableEntry, HashTable};
 use hashbrown::DefaultHashBuilder;
@@ -79,6 +79,9 @@ impl Key {
     }
 }
 
+/// One counter, on exactly one cache line (64 bytes, aligned): a lookup that misses the
+/// cache costs one line for the control bytes and one for the slot, key included.
+#[repr(align(64))]
 struct Slot {
     hash: u64,
     value: AtomicU64,
@@ -266,89 +269,142 @@ impl MemoryStore {
         now: Nanos,
         items: &[CheckItem<'_>],
     ) -> Result<StoreDecision, StoreError> {
+        let mut values: SmallVec<[u64; 4]> = SmallVec::from_elem(0, items.len());
+        let admitted = self.decide_into(now, items, &mut values)?;
+        Ok(StoreDecision {
+            now,
+            admitted,
+            values,
+            lease: 0,
+            degraded: false,
+        })
+    }
+
+    /// [`MemoryStore::decide_now`] writing each item's counter into `values` (as long as
+    /// `items`) and returning whether every item admitted: the limiter's hot path, which
+    /// builds no intermediate decision.
+    pub fn decide_into<I: AsCheckItem>(
+        &self,
+        now: Nanos,
+        items: &[I],
+        values: &mut [u64],
+    ) -> Result<bool, StoreError> {
         match items {
-            [] => Ok(StoreDecision {
-                now,
-                admitted: true,
-                values: SmallVec::new(),
-                lease: 0,
-                degraded: false,
-            }),
-            [one] => self.decide_one(now, one),
-            many => self.decide_many(now, many),
+            [] => Ok(true),
+            [one] => {
+                let (admitted, value) = self.decide_one(now, &one.item())?;
+                if let Some(v) = values.first_mut() {
+                    *v = value;
+                }
+                Ok(admitted)
+            }
+            many => self.decide_many(now, many, values),
         }
     }
 
-    fn decide_one(&self, now: Nanos, item: &CheckItem<'_>) -> Result<StoreDecision, StoreError> {
+    /// One item: `(admitted, value)`.
+    #[inline]
+    fn decide_one(&self, now: Nanos, item: &CheckItem<'_>) -> Result<(bool, u64), StoreError> {
         let hash = self.hash(item.limit, item.scope);
         let shard = &self.shards[self.shard_of(hash)];
         loop {
             {
                 let inner = shard.0.read();
                 if let Some(slot) = find(&inner.table, hash, item) {
-                    let (admitted, value) = cas_apply(&slot.value, &item.op, now);
-                    let mut values = SmallVec::new();
-                    values.push(value);
-                    return Ok(StoreDecision {
-                        now,
-                        admitted,
-                        values,
-                        lease: 0,
-                        degraded: false,
-                    });
+                    return Ok(cas_apply(&slot.value, &item.op, now));
                 }
             }
             // An absent key behaves as value 0; a rejection needs no key at all.
             if item.op.apply(0, now).is_none() {
-                let mut values = SmallVec::new();
-                values.push(0);
-                return Ok(StoreDecision {
-                    now,
-                    admitted: false,
-                    values,
-                    lease: 0,
-                    degraded: false,
-                });
+                return Ok((false, 0));
             }
             self.insert(hash, item, now)?;
         }
     }
 
-    fn decide_many(
+    /// Several items: all-or-nothing. Up to [`STACK_ITEMS`] items (every realistic
+    /// policy) decide on stack scratch space; more use the heap.
+    fn decide_many<I: AsCheckItem>(
         &self,
         now: Nanos,
-        items: &[CheckItem<'_>],
-    ) -> Result<StoreDecision, StoreError> {
-        let hashes: SmallVec<[u64; 4]> =
-            items.iter().map(|i| self.hash(i.limit, i.scope)).collect();
-        let mut shard_ids: SmallVec<[usize; 4]> =
-            hashes.iter().map(|h| self.shard_of(*h)).collect();
+        items: &[I],
+        out: &mut [u64],
+    ) -> Result<bool, StoreError> {
+        let n = items.len();
+        if n <= STACK_ITEMS {
+            let mut words = [0u64; 3 * STACK_ITEMS];
+            let mut idx = [0usize; 4 * STACK_ITEMS];
+            self.decide_many_in(now, items, out, Scratch::new(&mut words, &mut idx, n))
+        } else {
+            let mut words = vec![0u64; 3 * n];
+            let mut idx = vec![0usize; 4 * n];
+            self.decide_many_in(now, items, out, Scratch::new(&mut words, &mut idx, n))
+        }
+    }
+
+    fn decide_many_in<I: AsCheckItem>(
+        &self,
+        now: Nanos,
+        items: &[I],
+        out: &mut [u64],
+        sc: Scratch<'_>,
+    ) -> Result<bool, StoreError> {
+        let Scratch {
+            hashes,
+            unique,
+            current,
+            shard_of,
+            shard_ids,
+            order,
+            of,
+        } = sc;
+        for (i, it) in items.iter().enumerate() {
+            let c = it.item();
+            hashes[i] = self.hash(c.limit, c.scope);
+            shard_of[i] = self.shard_of(hashes[i]);
+        }
+        // Distinct shards in ascending order: every decision read-locks in the same order.
+        shard_ids.copy_from_slice(shard_of);
         shard_ids.sort_unstable();
-        shard_ids.dedup();
+        let mut m = 0;
+        for k in 0..shard_ids.len() {
+            if k == 0 || shard_ids[k] != shard_ids[m - 1] {
+                shard_ids[m] = shard_ids[k];
+                m += 1;
+            }
+        }
+        let shard_ids = &shard_ids[..m];
         loop {
-            let guards: SmallVec<[_; 4]> =
-                shard_ids.iter().map(|i| self.shards[*i].0.read()).collect();
-            let mut slots: SmallVec<[Option<&Slot>; 4]> = SmallVec::with_capacity(items.len());
-            for (item, hash) in items.iter().zip(&hashes) {
-                let pos = shard_ids.binary_search(&self.shard_of(*hash)).unwrap_or(0);
-                slots.push(find(&guards[pos].table, *hash, item));
+            let mut guards: SmallVec<[ReadGuard<'_>; STACK_ITEMS]> = SmallVec::new();
+            for &id in shard_ids {
+                guards.push(self.shards[id].0.read());
             }
-            if slots.iter().all(Option::is_some) {
-                let slots: SmallVec<[&Slot; 4]> = slots.into_iter().flatten().collect();
-                return Ok(decide_claimed(now, items, &slots));
-            }
-            // Some key is new: insert it (outside every read lock) and decide again.
-            let missing: SmallVec<[usize; 4]> = slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.is_none())
-                .map(|(i, _)| i)
-                .collect();
-            drop(slots);
+            let missing = {
+                let mut slots: SmallVec<[Option<&Slot>; STACK_ITEMS]> =
+                    SmallVec::from_elem(None, items.len());
+                let slots = slots.as_mut_slice();
+                let mut missing = None;
+                for (i, it) in items.iter().enumerate() {
+                    let pos = shard_ids.iter().position(|&id| id == shard_of[i]);
+                    slots[i] = pos
+                        .and_then(|p| guards.get(p))
+                        .and_then(|g| find(&g.table, hashes[i], &it.item()));
+                    if slots[i].is_none() {
+                        missing = Some(i);
+                        break;
+                    }
+                }
+                if missing.is_none() {
+                    return Ok(decide_claimed(
+                        now, items, slots, out, unique, current, order, of,
+                    ));
+                }
+                missing
+            };
+            let Some(i) = missing else { continue };
+            // A key is new: insert it (outside every read lock) and decide again.
             drop(guards);
-            for i in missing {
-                self.insert(hashes[i], &items[i], now)?;
-            }
+            self.insert(hashes[i], &items[i].item(), now)?;
         }
     }
 }
@@ -410,53 +466,107 @@ fn claim(cell: &AtomicU64) -> u64 {
     }
 }
 
-/// Claims every counter (in address order), evaluates, writes all or nothing.
-fn decide_claimed(now: Nanos, items: &[CheckItem<'_>], slots: &[&Slot]) -> StoreDecision {
-    let mut order: SmallVec<[usize; 4]> = (0..slots.len()).collect();
-    order.sort_unstable_by_key(|i| std::ptr::from_ref(slots[*i]) as usize);
-    let mut before: SmallVec<[u64; 4]> = SmallVec::from_elem(0, slots.len());
-    let mut claimed: SmallVec<[usize; 4]> = SmallVec::new();
-    for &i in &order {
-        // The same counter twice in one decision is claimed once.
-        if let Some(&first) = claimed.iter().find(|&&j| std::ptr::eq(slots[j], slots[i])) {
-            before[i] = before[first];
+/// Items decided on stack scratch space (see [`MemoryStore::decide_many`]).
+const STACK_ITEMS: usize = 8;
+
+type ReadGuard<'a> = parking_lot::RwLockReadGuard<'a, ShardInner>;
+
+/// Per-decision scratch arrays, each as long as the decision's items.
+struct Scratch<'a> {
+    hashes: &'a mut [u64],
+    unique: &'a mut [u64],
+    current: &'a mut [u64],
+    shard_of: &'a mut [usize],
+    shard_ids: &'a mut [usize],
+    order: &'a mut [usize],
+    of: &'a mut [usize],
+}
+
+impl<'a> Scratch<'a> {
+    fn new(words: &'a mut [u64], idx: &'a mut [usize], n: usize) -> Scratch<'a> {
+        let (hashes, rest) = words.split_at_mut(n);
+        let (unique, rest) = rest.split_at_mut(n);
+        let (current, _) = rest.split_at_mut(n);
+        let (shard_of, rest) = idx.split_at_mut(n);
+        let (shard_ids, rest) = rest.split_at_mut(n);
+        let (order, rest) = rest.split_at_mut(n);
+        let (of, _) = rest.split_at_mut(n);
+        Scratch {
+            hashes,
+            unique,
+            current,
+            shard_of,
+            shard_ids,
+            order,
+            of,
+        }
+    }
+}
+
+/// Claims every distinct counter (in address order, so two decisions never wait on each
+/// other in a cycle), evaluates the items in order, then writes all new values or none.
+/// Fills `out` with each item's counter (after it, when admitted; as found, when not) and
+/// returns whether every item admitted. The same counter named twice is claimed once and
+/// its value threads through both items.
+#[allow(clippy::too_many_arguments)]
+fn decide_claimed<I: AsCheckItem>(
+    now: Nanos,
+    items: &[I],
+    slots: &[Option<&Slot>],
+    out: &mut [u64],
+    unique: &mut [u64],
+    current: &mut [u64],
+    order: &mut [usize],
+    of: &mut [usize],
+) -> bool {
+    let addr = |i: usize| slots[i].map_or(0, |s| std::ptr::from_ref(s) as usize);
+    // Item indices by counter address; repeats of one counter end up adjacent.
+    for (k, o) in order.iter_mut().enumerate() {
+        *o = k;
+    }
+    order.sort_unstable_by_key(|&i| addr(i));
+    // `unique[u]` is a distinct counter's claimed value; `of[i]` is item i's counter;
+    // `order[u]` becomes the first item of counter u.
+    let mut u = 0;
+    for k in 0..order.len() {
+        let i = order[k];
+        if k > 0 && addr(order[k - 1]) == addr(i) {
+            of[i] = u - 1;
             continue;
         }
-        before[i] = claim(&slots[i].value);
-        claimed.push(i);
+        unique[u] = slots[i].map_or(0, |s| claim(&s.value));
+        of[i] = u;
+        order[u] = i;
+        u += 1;
     }
-    // Evaluate in item order, threading values through repeated counters.
-    let mut after = before.clone();
+    let current = &mut current[..u];
+    current.copy_from_slice(&unique[..u]);
     let mut admitted = true;
-    for i in 0..items.len() {
-        let current = (0..i)
-            .rev()
-            .find(|&j| std::ptr::eq(slots[j], slots[i]))
-            .map_or(before[i], |j| after[j]);
-        match items[i].op.apply(current, now) {
-            Some(v) => after[i] = v,
+    for (i, it) in items.iter().enumerate() {
+        match it.item().op.apply(current[of[i]], now) {
+            Some(v) => {
+                current[of[i]] = v;
+                out[i] = v;
+            }
             None => {
                 admitted = false;
                 break;
             }
         }
     }
-    let values = if admitted { after } else { before };
-    // Release: write the final value of each distinct counter (the last item's for repeats).
-    for &i in &claimed {
-        let last = (0..items.len())
-            .rev()
-            .find(|&j| std::ptr::eq(slots[j], slots[i]))
-            .unwrap_or(i);
-        slots[i].value.store(values[last], Ordering::Release);
+    if !admitted {
+        current.copy_from_slice(&unique[..u]);
+        for (o, &c) in out.iter_mut().zip(of.iter()) {
+            *o = unique[c];
+        }
     }
-    StoreDecision {
-        now,
-        admitted,
-        values,
-        lease: 0,
-        degraded: false,
+    // Release every claim with the final value.
+    for (&i, &v) in order[..u].iter().zip(current.iter()) {
+        if let Some(s) = slots[i] {
+            s.value.store(v, Ordering::Release);
+        }
     }
+    admitted
 }
 
 impl Store for MemoryStore {
@@ -501,5 +611,77 @@ impl Store for MemoryStore {
 
     fn name(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn rate(limit: &'static str, scope: &'static str, count: u64) -> CheckItem<'static> {
+        CheckItem {
+            limit,
+            scope,
+            op: Op::Rate {
+                emission_ns: S,
+                capacity_ns: count * S,
+                cost: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn the_same_counter_twice_is_claimed_once_and_threaded() {
+        let store = MemoryStore::with_shards(100, 4);
+        let now = 1_000 * S;
+        // One counter of capacity 3 named twice: each decision takes 2 units.
+        let items = [rate("l", "k", 3), rate("l", "k", 3)];
+        let mut out = [0u64; 2];
+        assert_eq!(store.decide_into(now, &items, &mut out), Ok(true));
+        assert_eq!(out, [now + S, now + 2 * S]);
+        // Only one unit is left: the pair is refused and nothing moves.
+        assert_eq!(store.decide_into(now, &items, &mut out), Ok(false));
+        assert_eq!(out, [now + 2 * S, now + 2 * S]);
+        let one = [rate("l", "k", 3)];
+        let mut out1 = [0u64; 1];
+        assert_eq!(store.decide_into(now, &one, &mut out1), Ok(true));
+        assert_eq!(out1, [now + 3 * S]);
+    }
+
+    #[test]
+    fn more_items_than_the_stack_scratch_are_all_or_nothing() {
+        let store = MemoryStore::with_shards(100, 4);
+        let now = 1_000 * S;
+        let names: Vec<String> = (0..STACK_ITEMS + 3).map(|i| format!("l{i}")).collect();
+        let mut items: Vec<CheckItem<'_>> = names
+            .iter()
+            .map(|n| CheckItem {
+                limit: n,
+                scope: "k",
+                op: Op::Rate {
+                    emission_ns: S,
+                    capacity_ns: 2 * S,
+                    cost: 1,
+                },
+            })
+            .collect();
+        let mut out = vec![0u64; items.len()];
+        assert_eq!(store.decide_into(now, &items, &mut out), Ok(true));
+        assert!(out.iter().all(|&v| v == now + S));
+        // Tighten the last limit to capacity 1: it refuses, and no other counter moves.
+        if let Some(last) = items.last_mut() {
+            last.op = Op::Rate {
+                emission_ns: S,
+                capacity_ns: S,
+                cost: 1,
+            };
+        }
+        assert_eq!(store.decide_into(now, &items, &mut out), Ok(false));
+        assert!(out.iter().all(|&v| v == now + S), "{out:?}");
+        let mut check = [0u64; 1];
+        assert_eq!(store.decide_into(now, &items[..1], &mut check), Ok(true));
+        assert_eq!(check, [now + 2 * S], "the first counter had not moved");
     }
 }

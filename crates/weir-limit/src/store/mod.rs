@@ -26,6 +26,20 @@ pub struct CheckItem<'a> {
     pub op: Op,
 }
 
+/// Anything that reads as a [`CheckItem`]: lets the limiter hand its own per-request plan
+/// to the in-memory store without copying it into a list of items first.
+pub trait AsCheckItem {
+    /// The item.
+    fn item(&self) -> CheckItem<'_>;
+}
+
+impl AsCheckItem for CheckItem<'_> {
+    #[inline]
+    fn item(&self) -> CheckItem<'_> {
+        *self
+    }
+}
+
 /// The operation on one counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
