@@ -3,11 +3,14 @@
 #   (1) the upstream directly, (2) weir -> upstream with limits and every header on,
 #   (3) nginx with limit_req -> the same upstream.
 # The upstream is nginx returning a small JSON body. Needs: nginx, wrk (Debian packages
-# nginx-light or nginx, and wrk). Usage: bench/gateway-load.sh [seconds] [connections]
+# nginx-light or nginx, and wrk). Usage: bench/gateway-load.sh [seconds] [connections] [rounds]
+# Each round measures the three setups back to back; the table shows every round and the
+# medians, and the ratio is of the medians (one round on a small shared machine is noisy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
 CONNS="${2:-64}"
+ROUNDS="${3:-3}"
 command -v nginx >/dev/null || { echo "needs nginx (apt-get install nginx-light)"; exit 2; }
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 2; }
 cargo build --release -q -p weir
@@ -81,19 +84,25 @@ run() { # name url extra-header
   non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out"); non2xx=${non2xx:-0}
   echo "$1|$rps|$p50|$p99|$non2xx"
 }
-# Warm-up, then the three measurements back to back.
+# Warm-up, then ROUNDS rounds of the three measurements back to back.
 wrk -t1 -c8 -d2s -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" >/dev/null
-direct=$(run "upstream directly" "http://127.0.0.1:$UP/v1/x" "X-Bench: 1")
-weir=$(run "weir -> upstream" "http://127.0.0.1:$WEIR/v1/x" "Authorization: Bearer bench-key")
-ngx=$(run "nginx limit_req -> upstream" "http://127.0.0.1:$NG/v1/x" "X-Bench: 1")
+rows=()
+for r in $(seq "$ROUNDS"); do
+  rows+=("$(run "upstream directly" "http://127.0.0.1:$UP/v1/x" "X-Bench: 1")|$r")
+  rows+=("$(run "weir -> upstream" "http://127.0.0.1:$WEIR/v1/x" "Authorization: Bearer bench-key")|$r")
+  rows+=("$(run "nginx limit_req -> upstream" "http://127.0.0.1:$NG/v1/x" "X-Bench: 1")|$r")
+done
 curl -s -D - -o /dev/null -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" | grep -iE '^(x-ratelimit|ratelimit|x-request-id)' > "$WORK/headers.txt" || true
 
-echo "wrk -t2 -c$CONNS -d${DURATION}s, $(nproc) cores; weir checks 3 limits (org plan, IP, user) and sends X-RateLimit-*, RateLimit, RateLimit-Policy, X-Request-Id on every response"
+echo "wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS rounds, $(nproc) cores; weir checks 3 limits (org plan, IP, user) and sends X-RateLimit-*, RateLimit, RateLimit-Policy, X-Request-Id on every response"
 echo
-echo "| setup | requests/s | p50 | p99 | non-2xx |"
-echo "|---|---|---|---|---|"
-for row in "$direct" "$weir" "$ngx"; do IFS='|' read -r n r a b x <<<"$row"; echo "| $n | $r | $a | $b | $x |"; done
-wr=$(cut -d'|' -f2 <<<"$weir"); nr=$(cut -d'|' -f2 <<<"$ngx")
+echo "| round | setup | requests/s | p50 | p99 | non-2xx |"
+echo "|---|---|---|---|---|---|"
+for row in "${rows[@]}"; do IFS='|' read -r n rps a b x round <<<"$row"; echo "| $round | $n | $rps | $a | $b | $x |"; done
+median() { sort -n | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
+med_of() { for row in "${rows[@]}"; do IFS='|' read -r n rps _ <<<"$row"; if [ "$n" = "$1" ]; then echo "$rps"; fi; done | median; }
+ud=$(med_of "upstream directly"); wr=$(med_of "weir -> upstream"); nr=$(med_of "nginx limit_req -> upstream")
 echo
-echo "weir / nginx throughput: $(python3 -c "print(f'{$wr/$nr:.2f}x')")"
+echo "medians: upstream directly $ud, weir $wr, nginx $nr requests/s"
+echo "weir / nginx throughput (medians): $(python3 -c "print(f'{$wr/$nr:.2f}x')")"
 echo "headers weir sent:"; sed 's/^/    /' "$WORK/headers.txt"

@@ -199,6 +199,35 @@ proptest! {
         prop_assert_eq!(ratelimit::parse_policies(&v), Some(ps));
     }
 
+    /// The hot-path writers produce exactly what the serialiser does, for any printable
+    /// name (quotes and backslashes included) and any value (clamped to 15 digits).
+    #[test]
+    fn field_writers_match_the_serialiser(
+        items in vec(("[ -~]{1,16}", any::<u64>(), any::<u64>(), option::of(any::<u64>()), any::<bool>()), 1..5)
+    ) {
+        let mut policy_field = String::new();
+        let mut limit_field = String::new();
+        let mut policies = Vec::new();
+        let mut limits = Vec::new();
+        let unit = ratelimit::QuotedName::new("concurrent-requests").expect("valid");
+        for (name, quota, remaining, window, concurrent) in &items {
+            let quoted = ratelimit::QuotedName::new(name).expect("printable");
+            let (u, w) = if *concurrent { (Some(&unit), None) } else { (None, *window) };
+            ratelimit::write_policy_item(&mut policy_field, &quoted, *quota, u, w);
+            ratelimit::write_limit_item(&mut limit_field, &quoted, *remaining, *window);
+            policies.push(Policy {
+                name: name.clone(),
+                quota: *quota,
+                unit: concurrent.then_some(QuotaUnit::ConcurrentRequests),
+                window: w,
+                partition_key: None,
+            });
+            limits.push(RateLimitItem { name: name.clone(), remaining: *remaining, reset: *window, partition_key: None });
+        }
+        prop_assert_eq!(policy_field, ratelimit::format_policies(&policies).expect("valid"));
+        prop_assert_eq!(limit_field, ratelimit::format_limits(&limits).expect("valid"));
+    }
+
     #[test]
     fn ratelimit_items_round_trip(ls in vec(limit_item(), 1..5)) {
         let v = ratelimit::format_limits(&ls).expect("valid names");

@@ -877,6 +877,12 @@ impl Config {
                 plan: k.plan.clone(),
                 scopes: k.scopes.clone(),
                 expires,
+                upstream_headers: ApiKey::identity_headers(
+                    &k.id,
+                    &k.user,
+                    &k.organisation,
+                    &k.plan,
+                ),
             });
         }
         Ok(Config {

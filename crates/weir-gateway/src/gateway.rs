@@ -22,14 +22,14 @@ use crate::client_ip::client_ip;
 use crate::config::{Config, CostFrom, RouteConfig, StoreConfig};
 use crate::idempotency::{self, Begin, Idempotency, IdempotencyStore, StoredResponse};
 use crate::identity::{self, ApiKey, AuthFailure};
-use crate::respond::{self, Refusal};
+use crate::respond::{self, names, Refusal};
+use crate::telemetry;
+use crate::upstream::UpstreamPool;
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -101,7 +101,9 @@ pub struct Runtime {
     /// The configuration.
     pub config: Config,
     policy: Arc<Policy>,
+    field_names: respond::FieldNames,
     upstream_urls: BTreeMap<String, String>,
+    targets: BTreeMap<String, Target>,
     breakers: BTreeMap<String, Arc<Breaker>>,
 }
 
@@ -110,59 +112,60 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     limiter: AnyLimiter,
     idempotency: Option<Arc<Idempotency>>,
-    /// The upstream client of the thread that built the gateway (used when not serving
-    /// from a worker thread of its own).
-    client: Client<HttpConnector, Body>,
+    /// The upstream pool used when not serving from a worker thread of its own.
+    pool: UpstreamPool,
     demo_url: Option<String>,
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP {
-        h.remove(name);
+    // One pass over the (few) headers; removal, by hashed lookup, only when one is there.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
     }
-    for name in listed {
+    if h.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            h.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
         h.remove(name);
     }
 }
 
-/// A keep-alive upstream client (its connections live on the runtime that uses it).
-pub fn upstream_client() -> Client<HttpConnector, Body> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .build(connector)
+/// A header value made from a string the gateway just built, without copying it.
+fn owned_value(s: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(s)).ok()
 }
 
 thread_local! {
-    /// On a thread-per-core worker: that worker's own upstream client, so a request, its
+    /// On a thread-per-core worker: that worker's own upstream pool, so a request, its
     /// upstream connection and their wakeups all stay on one thread.
-    pub(crate) static WORKER_CLIENT: std::cell::OnceCell<Client<HttpConnector, Body>> = const { std::cell::OnceCell::new() };
+    pub(crate) static WORKER_POOL: std::cell::OnceCell<UpstreamPool> = const { std::cell::OnceCell::new() };
 }
 
 /// Per-request state that the response needs.
 struct Ctx {
     request_id: String,
+    /// The same, as a header value (built once, sent upstream and back).
+    request_id_value: Option<HeaderValue>,
     dialect: Dialect,
     route: Option<String>,
     key_id: Option<String>,
@@ -254,12 +257,11 @@ impl Gateway {
         } else {
             None
         };
-        let client = upstream_client();
         let gateway = Gateway {
             runtime: ArcSwap::from_pointee(Runtime::new(config, demo_url.as_deref(), None)),
             limiter,
             idempotency,
-            client,
+            pool: UpstreamPool::new(),
             demo_url,
         };
         Ok(Arc::new(gateway))
@@ -315,7 +317,7 @@ impl Gateway {
         let rt = self.runtime.load_full();
         let request_id = req
             .headers()
-            .get("x-request-id")
+            .get(names::X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .filter(|v| is_valid_request_id(v))
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
@@ -326,6 +328,7 @@ impl Gateway {
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.to_ascii_lowercase().contains("application/problem+json"));
         let mut ctx = Ctx {
+            request_id_value: HeaderValue::from_str(&request_id).ok(),
             request_id,
             dialect: rt.config.dialect,
             route: None,
@@ -354,8 +357,8 @@ impl Gateway {
             ),
         };
         let h = resp.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-            h.insert("x-request-id", v);
+        if let Some(v) = ctx.request_id_value.take() {
+            h.insert(names::X_REQUEST_ID, v);
         }
         if ctx.body_unread {
             // Refused before the body was read: close, so no client reuses a connection
@@ -363,19 +366,17 @@ impl Gateway {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(d) = &ctx.decision {
-            respond::apply_limit_headers(h, d, &rt.policy, rt.config.ratelimit_fields);
+            respond::apply_limit_headers(h, d, &rt.field_names, rt.config.ratelimit_fields);
         }
         let status = resp.status().as_u16();
         let code = resp
             .extensions()
             .get::<respond::ErrorCode>()
-            .map_or("", |c| c.0)
-            .to_owned();
-        let route = ctx.route.as_deref().unwrap_or("(none)").to_owned();
+            .map_or("", |c| c.0);
+        let route = ctx.route.as_deref().unwrap_or("(none)");
         let elapsed = started.elapsed();
-        metrics::counter!("weir_requests_total", "route" => route.clone(), "status" => status.to_string(), "code" => code.clone()).increment(1);
-        metrics::histogram!("weir_request_duration_seconds", "route" => route.clone())
-            .record(elapsed.as_secs_f64());
+        telemetry::count_request(route, status, code);
+        telemetry::record_request_duration(route, elapsed.as_secs_f64());
         tracing::info!(
             target: "weir::access",
             request_id = %ctx.request_id,
@@ -421,8 +422,7 @@ impl Gateway {
         let decision = match self.limiter.check(&rt.policy, &req).await {
             Ok(d) => d,
             Err(e) => {
-                metrics::counter!("weir_limiter_decisions_total", "outcome" => "error")
-                    .increment(1);
+                telemetry::count_limiter_decision("error");
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "rate-limit store unavailable");
                 return Err(Refusal::code("SERVICE_UNAVAILABLE")
                     .message("Rate limits cannot be checked right now.")
@@ -435,7 +435,7 @@ impl Gateway {
             Outcome::Rejected => "rejected",
             Outcome::CostExceedsLimit => "cost_exceeds_limit",
         };
-        metrics::counter!("weir_limiter_decisions_total", "outcome" => outcome).increment(1);
+        telemetry::count_limiter_decision(outcome);
         let refusal = match decision.outcome {
             Outcome::Admitted => None,
             Outcome::Rejected => Some(respond::rate_limited(&decision, &rt.policy)),
@@ -776,66 +776,53 @@ impl Gateway {
                     .retry_after(secs));
             }
         };
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri: http::Uri = match format!("{base}{pq}").parse() {
-            Ok(u) => u,
-            Err(_) => {
-                return Err(Refusal::code("REQUEST_MALFORMED")
-                    .message("The request path cannot be forwarded."))
-            }
+        let Some(uri) = upstream_uri(base, rt.targets.get(&route.upstream), &parts.uri) else {
+            return Err(
+                Refusal::code("REQUEST_MALFORMED").message("The request path cannot be forwarded.")
+            );
         };
         let h = &mut parts.headers;
         strip_hop_by_hop(h);
         h.remove(header::HOST);
         h.remove(header::AUTHORIZATION);
-        h.remove("x-api-key");
-        let spoofed: Vec<HeaderName> = h
-            .keys()
-            .filter(|k| k.as_str().starts_with("x-weir-"))
-            .cloned()
-            .collect();
-        for k in spoofed {
-            h.remove(k);
-        }
-        if let Some(k) = key {
-            for (name, value) in [
-                ("x-weir-key-id", &k.id),
-                ("x-weir-user", &k.user),
-                ("x-weir-organisation", &k.organisation),
-                ("x-weir-plan", &k.plan),
-            ] {
-                if let Ok(v) = HeaderValue::from_str(value) {
-                    h.insert(name, v);
-                }
+        h.remove(names::X_API_KEY);
+        let spoofing = |k: &HeaderName| k.as_str().starts_with("x-weir-");
+        if h.keys().any(spoofing) {
+            let spoofed: Vec<HeaderName> = h.keys().filter(|k| spoofing(k)).cloned().collect();
+            for k in spoofed {
+                h.remove(k);
             }
         }
-        if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-            h.insert("x-request-id", v);
+        if let Some(k) = key {
+            for (name, value) in &k.upstream_headers {
+                h.insert(name.clone(), value.clone());
+            }
+        }
+        if let Some(v) = &ctx.request_id_value {
+            h.insert(names::X_REQUEST_ID, v.clone());
         }
         let incoming = h
-            .get("traceparent")
+            .get(names::TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(TraceParent::parse);
         let span: [u8; 8] = random_bytes();
         let trace = incoming
             .and_then(|t| t.child(span))
             .or_else(|| TraceParent::new(random_bytes(), span, 1));
-        h.remove("tracestate")
+        h.remove(names::TRACESTATE)
             .filter(|_| incoming.is_some())
-            .and_then(|ts| h.insert("tracestate", ts));
-        if let Some(t) = trace {
-            if let Ok(v) = HeaderValue::from_str(&t.to_header_value()) {
-                h.insert("traceparent", v);
-            }
+            .and_then(|ts| h.insert(names::TRACESTATE, ts));
+        if let Some(v) = trace.and_then(|t| owned_value(t.to_header_value())) {
+            h.insert(names::TRACEPARENT, v);
         }
-        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match h.get(names::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {}", peer.ip()),
             None => peer.ip().to_string(),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            h.insert("x-forwarded-for", v);
+        if let Some(v) = owned_value(xff) {
+            h.insert(names::X_FORWARDED_FOR, v);
         }
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        h.insert(names::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
         let body = match body {
@@ -844,14 +831,13 @@ impl Gateway {
         };
         let out = Request::from_parts(parts, body);
         let started = Instant::now();
-        let client = WORKER_CLIENT
+        let pool = WORKER_POOL
             .with(|c| c.get().cloned())
-            .unwrap_or_else(|| self.client.clone());
-        let sent = tokio::time::timeout(upstream.timeout, client.request(out)).await;
+            .unwrap_or_else(|| self.pool.clone());
+        let sent = tokio::time::timeout(upstream.timeout, pool.send(out)).await;
         let elapsed = started.elapsed();
         ctx.upstream_ms = Some(elapsed.as_secs_f64() * 1e3);
-        metrics::histogram!("weir_upstream_latency_seconds", "upstream" => route.upstream.clone())
-            .record(elapsed.as_secs_f64());
+        telemetry::record_upstream_latency(&route.upstream, elapsed.as_secs_f64());
         let result = match sent {
             Err(_) => Err(Refusal::code("UPSTREAM_TIMEOUT").message(format!(
                 "The upstream did not answer within {:?}.",
@@ -870,8 +856,7 @@ impl Gateway {
         };
         let success = matches!(&result, Ok(r) if r.status().as_u16() < 500);
         breaker.record(Instant::now(), success, probe);
-        metrics::gauge!("weir_breaker_state", "upstream" => route.upstream.clone())
-            .set(f64::from(breaker.state_code()));
+        telemetry::set_breaker_state(&route.upstream, f64::from(breaker.state_code()));
         let resp = result?;
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
@@ -1028,6 +1013,47 @@ fn linger(mut body: Body) {
     });
 }
 
+/// An upstream's base URL split once, so each request's URI is assembled from parts
+/// instead of formatted and parsed again.
+struct Target {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+}
+
+impl Target {
+    /// Only bases without a path (`http://host:port`, with or without `/`) qualify; a base
+    /// with a path prefix is joined as text.
+    fn parse(url: &str) -> Option<Target> {
+        let uri: http::Uri = url.parse().ok()?;
+        let path = uri.path_and_query().map_or("", |p| p.as_str());
+        if !(path.is_empty() || path == "/") {
+            return None;
+        }
+        Some(Target {
+            scheme: uri.scheme()?.clone(),
+            authority: uri.authority()?.clone(),
+        })
+    }
+}
+
+/// The upstream URI for a request URI: `base` + the request's path and query.
+fn upstream_uri(base: &str, target: Option<&Target>, request: &http::Uri) -> Option<http::Uri> {
+    if let Some(t) = target {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(t.scheme.clone());
+        parts.authority = Some(t.authority.clone());
+        parts.path_and_query = Some(
+            request
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        return http::Uri::from_parts(parts).ok();
+    }
+    let pq = request.path_and_query().map_or("/", |p| p.as_str());
+    format!("{}{pq}", base.trim_end_matches('/')).parse().ok()
+}
+
 /// The request body: buffered when some step needed it whole, else streamed.
 enum ReqBody {
     Buffered(Bytes),
@@ -1036,7 +1062,7 @@ enum ReqBody {
 
 impl Runtime {
     fn new(config: Config, demo_url: Option<&str>, old: Option<&Runtime>) -> Runtime {
-        let upstream_urls = config
+        let upstream_urls: BTreeMap<String, String> = config
             .upstreams
             .iter()
             .map(|(n, u)| {
@@ -1068,7 +1094,13 @@ impl Runtime {
                 )
             })
             .collect();
+        let targets = upstream_urls
+            .iter()
+            .filter_map(|(n, url)| Some((n.clone(), Target::parse(url)?)))
+            .collect();
         Runtime {
+            targets,
+            field_names: respond::FieldNames::of(&config.policy),
             policy: Arc::new(config.policy.clone()),
             config,
             upstream_urls,

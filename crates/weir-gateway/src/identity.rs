@@ -65,6 +65,35 @@ pub struct ApiKey {
     pub scopes: Vec<String>,
     /// When it stops working.
     pub expires: Option<SystemTime>,
+    /// What the upstream is told of this identity (`X-Weir-Key-Id`, `-User`,
+    /// `-Organisation`, `-Plan`), built once at load (see [`ApiKey::identity_headers`]).
+    pub upstream_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl ApiKey {
+    /// The `X-Weir-*` headers for an identity; a value that cannot be a header is left
+    /// out.
+    pub fn identity_headers(
+        id: &str,
+        user: &str,
+        organisation: &str,
+        plan: &str,
+    ) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        [
+            ("x-weir-key-id", id),
+            ("x-weir-user", user),
+            ("x-weir-organisation", organisation),
+            ("x-weir-plan", plan),
+        ]
+        .into_iter()
+        .filter_map(|(n, v)| {
+            Some((
+                http::HeaderName::from_static(n),
+                http::HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect()
+    }
 }
 
 /// Why a request has no identity.
@@ -133,6 +162,7 @@ mod tests {
             plan: "free".into(),
             scopes: vec![],
             expires,
+            upstream_headers: ApiKey::identity_headers(id, "u", "o", "free"),
         }
     }
 

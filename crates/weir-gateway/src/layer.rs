@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service};
 use weir_contract::headers::request_id::is_valid_request_id;
 use weir_contract::Dialect;
-use weir_limit::{Limiter, MemoryStore, Outcome, SystemClock};
+use weir_limit::{Limiter, MemoryStore, Outcome, Policy, SystemClock};
 
 /// The request id, as a request extension.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +119,9 @@ pub struct RateLimitLayer<F> {
     limiter: Arc<Limiter<MemoryStore, SystemClock>>,
     scopes: Arc<F>,
     dialect: Dialect,
+    /// The quoted limit names of the policy they were built for (rebuilt when the
+    /// limiter's policy is replaced).
+    names: Arc<arc_swap::ArcSwapOption<(Arc<Policy>, respond::FieldNames)>>,
 }
 
 impl<F> Clone for RateLimitLayer<F> {
@@ -127,7 +130,21 @@ impl<F> Clone for RateLimitLayer<F> {
             limiter: self.limiter.clone(),
             scopes: self.scopes.clone(),
             dialect: self.dialect,
+            names: self.names.clone(),
         }
+    }
+}
+
+impl<F> RateLimitLayer<F> {
+    fn field_names(&self, policy: &Arc<Policy>) -> Arc<(Arc<Policy>, respond::FieldNames)> {
+        if let Some(cached) = self.names.load_full() {
+            if Arc::ptr_eq(&cached.0, policy) {
+                return cached;
+            }
+        }
+        let fresh = Arc::new((policy.clone(), respond::FieldNames::of(policy)));
+        self.names.store(Some(fresh.clone()));
+        fresh
     }
 }
 
@@ -145,6 +162,7 @@ where
             limiter,
             scopes: Arc::new(scopes),
             dialect,
+            names: Arc::default(),
         }
     }
 }
@@ -217,6 +235,7 @@ where
             cost: s.cost.max(1),
         };
         let policy = self.layer.limiter.policy();
+        let names = self.layer.field_names(&policy);
         let request_id = req
             .extensions()
             .get::<RequestId>()
@@ -246,13 +265,13 @@ where
                 &request_id,
                 "https://weir.invalid/errors/",
             );
-            respond::apply_limit_headers(resp.headers_mut(), &decision, &policy, true);
+            respond::apply_limit_headers(resp.headers_mut(), &decision, &names.1, true);
             return Box::pin(async move { Ok(resp) });
         }
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
-            respond::apply_limit_headers(resp.headers_mut(), &decision, &policy, true);
+            respond::apply_limit_headers(resp.headers_mut(), &decision, &names.1, true);
             if let Some(permit) = decision.permit {
                 let (parts, body) = resp.into_parts();
                 resp =

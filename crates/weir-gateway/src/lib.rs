@@ -15,6 +15,8 @@ pub mod identity;
 pub mod layer;
 pub mod respond;
 pub mod server;
+mod telemetry;
+pub mod upstream;
 
 pub use config::{Config, ConfigError};
 pub use gateway::{Gateway, GatewayError};

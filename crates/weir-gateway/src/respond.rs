@@ -7,7 +7,7 @@
 use axum::body::Body;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use weir_contract::catalogue;
-use weir_contract::headers::ratelimit::{self, Policy as RlPolicy, QuotaUnit, RateLimitItem};
+use weir_contract::headers::ratelimit::{self, QuotedName};
 use weir_contract::{ApiError, Dialect};
 use weir_limit::{Decision, Policy};
 
@@ -178,49 +178,97 @@ pub fn rate_limited(decision: &Decision, policy: &Policy) -> Refusal {
     refusal
 }
 
+/// Response header names, built once.
+pub mod names {
+    use http::HeaderName;
+    /// `X-RateLimit-Limit`.
+    pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    /// `X-RateLimit-Remaining`.
+    pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    /// `X-RateLimit-Reset`.
+    pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+    /// `RateLimit-Policy`.
+    pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    /// `RateLimit`.
+    pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+    /// `X-Request-Id`.
+    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    /// `traceparent`.
+    pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    /// `tracestate`.
+    pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+    /// `X-Forwarded-For`.
+    pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    /// `X-Forwarded-Proto`.
+    pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    /// `X-API-Key`.
+    pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+}
+
+/// Every limit's name quoted for the IETF fields, once per policy (not per response).
+#[derive(Debug, Clone)]
+pub struct FieldNames {
+    /// By limit index; `None` for a name RFC 9651 cannot carry (its fields are skipped).
+    names: Vec<Option<QuotedName>>,
+    concurrent: Option<QuotedName>,
+}
+
+impl FieldNames {
+    /// The names of `policy`'s limits.
+    pub fn of(policy: &Policy) -> FieldNames {
+        FieldNames {
+            names: policy
+                .limits
+                .iter()
+                .map(|l| QuotedName::new(&l.name).ok())
+                .collect(),
+            concurrent: QuotedName::new("concurrent-requests").ok(),
+        }
+    }
+}
+
 /// Adds the rate-limit headers of `decision` to a response: the `X-RateLimit-*` trio for
 /// the most restrictive limit and, when `ietf` is on, `RateLimit` and `RateLimit-Policy`
-/// for every limit checked.
-pub fn apply_limit_headers(h: &mut HeaderMap, decision: &Decision, policy: &Policy, ietf: bool) {
+/// for every limit checked (written directly, without a serialiser: this runs on every
+/// response).
+pub fn apply_limit_headers(h: &mut HeaderMap, decision: &Decision, names: &FieldNames, ietf: bool) {
     if let Some(s) = decision.limiting_status() {
-        h.insert("x-ratelimit-limit", HeaderValue::from(s.limit));
-        h.insert("x-ratelimit-remaining", HeaderValue::from(s.remaining));
+        h.insert(names::X_RATELIMIT_LIMIT, HeaderValue::from(s.limit));
+        h.insert(names::X_RATELIMIT_REMAINING, HeaderValue::from(s.remaining));
         h.insert(
-            "x-ratelimit-reset",
+            names::X_RATELIMIT_RESET,
             HeaderValue::from(decision.reset_unix(s)),
         );
     }
     if !ietf || decision.limits.is_empty() {
         return;
     }
-    let mut policies = Vec::with_capacity(decision.limits.len());
-    let mut items = Vec::with_capacity(decision.limits.len());
+    let mut policies = String::with_capacity(40 * decision.limits.len());
+    let mut items = String::with_capacity(40 * decision.limits.len());
     for s in &decision.limits {
-        let Some(def) = policy.limits.get(s.index) else {
+        let Some(Some(name)) = names.names.get(s.index) else {
             continue;
         };
-        let concurrency = s.is_concurrency();
-        policies.push(RlPolicy {
-            name: def.name.clone(),
-            quota: s.limit,
-            unit: concurrency.then_some(QuotaUnit::ConcurrentRequests),
-            window: (!concurrency).then_some(s.window_secs),
-            partition_key: None,
-        });
-        items.push(RateLimitItem {
-            name: def.name.clone(),
-            remaining: s.remaining,
-            reset: (!concurrency).then(|| weir_limit::clock::ceil_secs(s.reset_after_ns)),
-            partition_key: None,
-        });
+        if s.is_concurrency() {
+            ratelimit::write_policy_item(
+                &mut policies,
+                name,
+                s.limit,
+                names.concurrent.as_ref(),
+                None,
+            );
+            ratelimit::write_limit_item(&mut items, name, s.remaining, None);
+        } else {
+            ratelimit::write_policy_item(&mut policies, name, s.limit, None, Some(s.window_secs));
+            let reset = weir_limit::clock::ceil_secs(s.reset_after_ns);
+            ratelimit::write_limit_item(&mut items, name, s.remaining, Some(reset));
+        }
     }
     if let (Ok(p), Ok(l)) = (
-        ratelimit::format_policies(&policies),
-        ratelimit::format_limits(&items),
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(policies)),
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(items)),
     ) {
-        if let (Ok(p), Ok(l)) = (HeaderValue::from_str(&p), HeaderValue::from_str(&l)) {
-            h.insert("ratelimit-policy", p);
-            h.insert("ratelimit", l);
-        }
+        h.insert(names::RATELIMIT_POLICY, p);
+        h.insert(names::RATELIMIT, l);
     }
 }

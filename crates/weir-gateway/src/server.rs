@@ -152,8 +152,8 @@ impl Server {
                             return;
                         };
                         rt.block_on(async move {
-                            crate::gateway::WORKER_CLIENT.with(|c| {
-                                let _ = c.set(crate::gateway::upstream_client());
+                            crate::gateway::WORKER_POOL.with(|c| {
+                                let _ = c.set(crate::upstream::UpstreamPool::new());
                             });
                             let Ok(listener) = TcpListener::from_std(l) else {
                                 tracing::error!("could not register the listener");

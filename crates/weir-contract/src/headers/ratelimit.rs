@@ -236,6 +236,68 @@ pub fn format_policies(policies: &[Policy]) -> Result<String, InvalidPolicyName>
     Ok(ser.finish().unwrap_or_default())
 }
 
+/// A structured-field String (a policy name or a quota unit), validated and quoted once,
+/// for the hot-path writers [`write_policy_item`] and [`write_limit_item`]: a gateway
+/// quotes each limit's name when it loads its configuration, not on every response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotedName(String);
+
+impl QuotedName {
+    /// Quotes `name` (escaping `"` and `\`); fails unless it is printable ASCII.
+    pub fn new(name: &str) -> Result<QuotedName, InvalidPolicyName> {
+        let mut ser = ListSerializer::new();
+        ser.bare_item(name_ref(name)?);
+        Ok(QuotedName(ser.finish().unwrap_or_default()))
+    }
+
+    /// The quoted form, e.g. `"burst"`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn push_int(out: &mut String, key: &str, v: u64) {
+    out.push_str(key);
+    out.push_str(itoa::Buffer::new().format(v.min(SF_INTEGER_MAX)));
+}
+
+fn push_member(out: &mut String, name: &QuotedName) {
+    if !out.is_empty() {
+        out.push_str(", ");
+    }
+    out.push_str(name.as_str());
+}
+
+/// Appends one `RateLimit-Policy` member to `out` (after `", "` unless `out` is empty):
+/// byte for byte what [`format_policies`] writes for it, without a serialiser.
+pub fn write_policy_item(
+    out: &mut String,
+    name: &QuotedName,
+    quota: u64,
+    unit: Option<&QuotedName>,
+    window: Option<u64>,
+) {
+    push_member(out, name);
+    push_int(out, ";q=", quota);
+    if let Some(u) = unit {
+        out.push_str(";qu=");
+        out.push_str(u.as_str());
+    }
+    if let Some(w) = window {
+        push_int(out, ";w=", w);
+    }
+}
+
+/// Appends one `RateLimit` member to `out` (after `", "` unless `out` is empty): byte for
+/// byte what [`format_limits`] writes for it.
+pub fn write_limit_item(out: &mut String, name: &QuotedName, remaining: u64, reset: Option<u64>) {
+    push_member(out, name);
+    push_int(out, ";r=", remaining);
+    if let Some(t) = reset {
+        push_int(out, ";t=", t);
+    }
+}
+
 /// Serialises `RateLimit`.
 pub fn format_limits(limits: &[RateLimitItem]) -> Result<String, InvalidPolicyName> {
     let mut ser = ListSerializer::new();
