@@ -102,6 +102,7 @@ pub struct Runtime {
     pub config: Config,
     policy: Arc<Policy>,
     field_names: respond::FieldNames,
+    metrics: telemetry::Metrics,
     upstream_urls: BTreeMap<String, String>,
     targets: BTreeMap<String, Target>,
     breakers: BTreeMap<String, Arc<Breaker>>,
@@ -167,7 +168,8 @@ struct Ctx {
     /// The same, as a header value (built once, sent upstream and back).
     request_id_value: Option<HeaderValue>,
     dialect: Dialect,
-    route: Option<String>,
+    /// Index of the matched route in the configuration.
+    route: Option<usize>,
     key_id: Option<String>,
     decision: Option<Decision>,
     upstream_ms: Option<f64>,
@@ -373,10 +375,13 @@ impl Gateway {
             .extensions()
             .get::<respond::ErrorCode>()
             .map_or("", |c| c.0);
-        let route = ctx.route.as_deref().unwrap_or("(none)");
+        let route = ctx
+            .route
+            .and_then(|i| rt.config.routes.get(i))
+            .map_or(telemetry::NO_ROUTE, |r| r.name.as_str());
         let elapsed = started.elapsed();
-        telemetry::count_request(route, status, code);
-        telemetry::record_request_duration(route, elapsed.as_secs_f64());
+        rt.metrics
+            .request(ctx.route, status, code, elapsed.as_secs_f64());
         tracing::info!(
             target: "weir::access",
             request_id = %ctx.request_id,
@@ -422,7 +427,7 @@ impl Gateway {
         let decision = match self.limiter.check(&rt.policy, &req).await {
             Ok(d) => d,
             Err(e) => {
-                telemetry::count_limiter_decision("error");
+                rt.metrics.decision(telemetry::Decided::Error);
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "rate-limit store unavailable");
                 return Err(Refusal::code("SERVICE_UNAVAILABLE")
                     .message("Rate limits cannot be checked right now.")
@@ -430,12 +435,11 @@ impl Gateway {
                     .retry_after(1));
             }
         };
-        let outcome = match decision.outcome {
-            Outcome::Admitted => "admitted",
-            Outcome::Rejected => "rejected",
-            Outcome::CostExceedsLimit => "cost_exceeds_limit",
-        };
-        telemetry::count_limiter_decision(outcome);
+        rt.metrics.decision(match decision.outcome {
+            Outcome::Admitted => telemetry::Decided::Admitted,
+            Outcome::Rejected => telemetry::Decided::Rejected,
+            Outcome::CostExceedsLimit => telemetry::Decided::CostExceedsLimit,
+        });
         let refusal = match decision.outcome {
             Outcome::Admitted => None,
             Outcome::Rejected => Some(respond::rate_limited(&decision, &rt.policy)),
@@ -491,7 +495,7 @@ impl Gateway {
 
         // 2. Route and method.
         let path = parts.uri.path();
-        let Some(route) = rt.config.routes.iter().find(|r| {
+        let Some((route_index, route)) = rt.config.routes.iter().enumerate().find(|(_, r)| {
             path == r.prefix
                 || path
                     .strip_prefix(r.prefix.as_str())
@@ -503,7 +507,7 @@ impl Gateway {
                 Refusal::code("REQUEST_NOT_FOUND").message(format!("No route serves {path}."))
             );
         };
-        ctx.route = Some(route.name.clone());
+        ctx.route = Some(route_index);
         ctx.dialect = route.dialect;
         if !route.methods.iter().any(|m| m == method.as_str()) {
             self.count(rt, ctx, None, Some(route), &method, &ip_text, 1)
@@ -837,7 +841,6 @@ impl Gateway {
         let sent = tokio::time::timeout(upstream.timeout, pool.send(out)).await;
         let elapsed = started.elapsed();
         ctx.upstream_ms = Some(elapsed.as_secs_f64() * 1e3);
-        telemetry::record_upstream_latency(&route.upstream, elapsed.as_secs_f64());
         let result = match sent {
             Err(_) => Err(Refusal::code("UPSTREAM_TIMEOUT").message(format!(
                 "The upstream did not answer within {:?}.",
@@ -856,7 +859,11 @@ impl Gateway {
         };
         let success = matches!(&result, Ok(r) if r.status().as_u16() < 500);
         breaker.record(Instant::now(), success, probe);
-        telemetry::set_breaker_state(&route.upstream, f64::from(breaker.state_code()));
+        rt.metrics.upstream(
+            &route.upstream,
+            elapsed.as_secs_f64(),
+            f64::from(breaker.state_code()),
+        );
         let resp = result?;
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
@@ -1101,6 +1108,7 @@ impl Runtime {
         Runtime {
             targets,
             field_names: respond::FieldNames::of(&config.policy),
+            metrics: telemetry::Metrics::new(&config),
             policy: Arc::new(config.policy.clone()),
             config,
             upstream_urls,
