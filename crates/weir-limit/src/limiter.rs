@@ -285,7 +285,21 @@ impl<S: Store, C: Clock> Limiter<S, C> {
 
     fn finish(&self, policy: &Policy, planned: &[Planned<'_>], decided: &Decided<'_>) -> Decision {
         let now = decided.now;
-        let mut limits: SmallVec<[LimitStatus; 4]> = SmallVec::with_capacity(planned.len());
+        // Built in place and filled: the statuses are never moved into the decision.
+        let mut decision = Decision {
+            outcome: if decided.admitted {
+                Outcome::Admitted
+            } else {
+                Outcome::Rejected
+            },
+            retry_after: Duration::ZERO,
+            now,
+            limits: SmallVec::new(),
+            limiting: None,
+            permit: None,
+            degraded: decided.degraded,
+        };
+        let limits = &mut decision.limits;
         let mut retry_after = Duration::ZERO;
         let mut limiting: Option<usize> = None;
         for (i, p) in planned.iter().enumerate() {
@@ -369,23 +383,12 @@ impl<S: Store, C: Clock> Limiter<S, C> {
         } else {
             None
         };
-        Decision {
-            outcome: if decided.admitted {
-                Outcome::Admitted
-            } else {
-                Outcome::Rejected
-            },
-            retry_after: if decided.admitted {
-                Duration::ZERO
-            } else {
-                retry_after
-            },
-            now,
-            limits,
-            limiting,
-            permit,
-            degraded: decided.degraded,
+        if !decided.admitted {
+            decision.retry_after = retry_after;
         }
+        decision.limiting = limiting;
+        decision.permit = permit;
+        decision
     }
 
     fn never_decision(&self, now: Nanos, planned: &[Planned<'_>], cost: u64) -> Decision {
