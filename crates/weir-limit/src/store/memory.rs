@@ -1,9 +1,11 @@
 //! The in-memory store: weir's embedded default.
 //!
 //! * **Sharded, no global lock.** Keys hash to one of a power-of-two number of shards, each
-//!   a `RwLock` over a hash table. Deciding only ever takes shard locks *shared*; the
-//!   counters themselves are `AtomicU64`s, updated by compare-and-swap (as governor does).
-//!   An exclusive shard lock is taken only to insert a new key or sweep idle ones.
+//!   a hash table under a reader-sharded lock (crossbeam's `ShardedLock`): a reader locks
+//!   only its own thread's slice of the lock, so readers on different cores never write
+//!   the same cache line. Deciding only ever takes shard locks *shared*; the counters
+//!   themselves are `AtomicU64`s, updated by compare-and-swap (as governor does). An
+//!   exclusive lock (every slice) is taken only to insert a new key or sweep idle ones.
 //! * **All-or-nothing across keys.** A multi-limit decision takes the shard read locks in
 //!   shard order, then *claims* each counter by setting its top bit (in address order, so
 //!   two decisions never wait on each other in a cycle), evaluates every item, and writes
@@ -17,12 +19,13 @@
 
 use super::{AsCheckItem, CheckItem, Op, Store, StoreDecision, StoreError, StoreErrorKind};
 use crate::clock::Nanos;
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use hashbrown::hash_table::{Entry as TableEntry, HashTable};
 use hashbrown::DefaultHashBuilder;
-use parking_lot::RwLock;
 use smallvec::SmallVec;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::PoisonError;
 
 /// The claim bit of a counter (values never reach 2^63: that is the year 2262 in ns).
 const CLAIMED: u64 = 1 << 63;
@@ -97,7 +100,20 @@ struct ShardInner {
 /// One shard, on cache lines of its own: shards are read-locked on every decision, and two
 /// cores touching neighbouring shards must not bounce a shared line (false sharing).
 #[repr(align(128))]
-struct Shard(RwLock<ShardInner>);
+struct Shard(ShardedLock<ShardInner>);
+
+impl Shard {
+    /// Shared access. A poisoned lock is still consistent here: every counter update is a
+    /// single atomic store, so a panic elsewhere cannot leave a half-written value.
+    #[inline]
+    fn read(&self) -> ShardedLockReadGuard<'_, ShardInner> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> ShardedLockWriteGuard<'_, ShardInner> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// The in-memory store.
 pub struct MemoryStore {
@@ -153,7 +169,7 @@ impl MemoryStore {
         MemoryStore {
             shards: (0..n)
                 .map(|_| {
-                    Shard(RwLock::new(ShardInner {
+                    Shard(ShardedLock::new(ShardInner {
                         table: HashTable::new(),
                         next_sweep: MIN_SWEEP,
                     }))
@@ -192,7 +208,7 @@ impl MemoryStore {
     pub fn sweep(&self, now: Nanos) -> usize {
         self.shards
             .iter()
-            .map(|s| self.sweep_shard(&mut s.0.write(), now))
+            .map(|s| self.sweep_shard(&mut s.write(), now))
             .sum()
     }
 
@@ -222,7 +238,7 @@ impl MemoryStore {
     /// whole store before refusing a key at the cap.
     fn insert(&self, hash: u64, item: &CheckItem<'_>, now: Nanos) -> Result<(), StoreError> {
         let shard = &self.shards[self.shard_of(hash)];
-        let mut inner = shard.0.write();
+        let mut inner = shard.write();
         if find(&inner.table, hash, item).is_some() {
             return Ok(());
         }
@@ -232,7 +248,7 @@ impl MemoryStore {
         if self.keys.load(Ordering::Relaxed) >= self.max_keys {
             drop(inner);
             self.sweep(now);
-            inner = shard.0.write();
+            inner = shard.write();
             if self.keys.load(Ordering::Relaxed) >= self.max_keys {
                 return Err(StoreError::new(
                     StoreErrorKind::Capacity,
@@ -309,7 +325,7 @@ impl MemoryStore {
         let shard = &self.shards[self.shard_of(hash)];
         loop {
             {
-                let inner = shard.0.read();
+                let inner = shard.read();
                 if let Some(slot) = find(&inner.table, hash, item) {
                     return Ok(cas_apply(&slot.value, &item.op, now));
                 }
@@ -377,7 +393,7 @@ impl MemoryStore {
         loop {
             let mut guards: SmallVec<[ReadGuard<'_>; STACK_ITEMS]> = SmallVec::new();
             for &id in shard_ids {
-                guards.push(self.shards[id].0.read());
+                guards.push(self.shards[id].read());
             }
             let missing = {
                 let mut slots: SmallVec<[Option<&Slot>; STACK_ITEMS]> =
@@ -469,7 +485,7 @@ fn claim(cell: &AtomicU64) -> u64 {
 /// Items decided on stack scratch space (see [`MemoryStore::decide_many`]).
 const STACK_ITEMS: usize = 8;
 
-type ReadGuard<'a> = parking_lot::RwLockReadGuard<'a, ShardInner>;
+type ReadGuard<'a> = ShardedLockReadGuard<'a, ShardInner>;
 
 /// Per-decision scratch arrays, each as long as the decision's items.
 struct Scratch<'a> {
@@ -585,7 +601,7 @@ impl Store for MemoryStore {
             op: Op::Acquire { max: 0 },
         };
         let hash = self.hash(limit, scope);
-        let inner = self.shards[self.shard_of(hash)].0.read();
+        let inner = self.shards[self.shard_of(hash)].read();
         if let Some(slot) = find(&inner.table, hash, &probe) {
             let mut spins = 0;
             let mut current = slot.value.load(Ordering::Acquire);
