@@ -20,7 +20,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
@@ -59,12 +59,20 @@ struct Idle {
     since: Instant,
 }
 
-type Shelves = Mutex<HashMap<Authority, Vec<Idle>>>;
+/// Idle connections per upstream: used last-in first-out, expired from the front.
+type Shelves = Mutex<HashMap<Authority, VecDeque<Idle>>>;
 
 /// A pool of upstream connections (cheap to clone: clones share the pool).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct UpstreamPool {
     idle: Arc<Shelves>,
+    idle_timeout: Duration,
+}
+
+impl Default for UpstreamPool {
+    fn default() -> Self {
+        UpstreamPool::with_idle_timeout(IDLE_TIMEOUT)
+    }
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -77,6 +85,15 @@ impl UpstreamPool {
     /// An empty pool.
     pub fn new() -> UpstreamPool {
         UpstreamPool::default()
+    }
+
+    /// An empty pool keeping idle connections for `idle_timeout` (default
+    /// [`IDLE_TIMEOUT`]).
+    pub fn with_idle_timeout(idle_timeout: Duration) -> UpstreamPool {
+        UpstreamPool {
+            idle: Arc::default(),
+            idle_timeout,
+        }
     }
 
     /// Sends `req` (an absolute `http://` URI) and returns the response head with a
@@ -132,8 +149,8 @@ impl UpstreamPool {
         let mut shelves = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let shelf = shelves.get_mut(authority)?;
         let now = Instant::now();
-        while let Some(idle) = shelf.pop() {
-            if !idle.sender.is_closed() && now.duration_since(idle.since) < IDLE_TIMEOUT {
+        while let Some(idle) = shelf.pop_back() {
+            if !idle.sender.is_closed() && now.duration_since(idle.since) < self.idle_timeout {
                 return Some(idle.sender);
             }
         }
@@ -151,6 +168,7 @@ impl UpstreamPool {
             ended: body.is_end_stream(),
             body,
             back: Some((sender, Arc::downgrade(&self.idle), authority)),
+            idle_timeout: self.idle_timeout,
         };
         Response::from_parts(parts, Body::new(body))
     }
@@ -181,6 +199,7 @@ struct PooledBody {
     body: Incoming,
     ended: bool,
     back: Option<(SendRequest<Body>, Weak<Shelves>, Authority)>,
+    idle_timeout: Duration,
 }
 
 impl http_body::Body for PooledBody {
@@ -223,11 +242,15 @@ impl Drop for PooledBody {
         };
         let mut shelves = shelves.lock().unwrap_or_else(PoisonError::into_inner);
         let shelf = shelves.entry(authority).or_default();
+        // The oldest connections are at the front: drop those past their time or closed.
+        let now = Instant::now();
+        while shelf.front().is_some_and(|i| {
+            i.sender.is_closed() || now.duration_since(i.since) >= self.idle_timeout
+        }) {
+            shelf.pop_front();
+        }
         if shelf.len() < MAX_IDLE {
-            shelf.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            shelf.push_back(Idle { sender, since: now });
         }
     }
 }

@@ -65,6 +65,18 @@ async fn sequential_requests_share_one_connection() {
 }
 
 #[tokio::test]
+async fn an_idle_connection_past_its_time_is_not_reused() {
+    let (addr, accepted) = upstream().await;
+    // Every connection is past its idle time as soon as it is returned.
+    let pool = UpstreamPool::with_idle_timeout(Duration::ZERO);
+    for n in 1..=3 {
+        let resp = pool.send(get(&addr, "/small")).await.expect("response");
+        assert_eq!(text(resp).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), n);
+    }
+}
+
+#[tokio::test]
 async fn a_body_abandoned_half_way_does_not_return_its_connection() {
     let (addr, accepted) = upstream().await;
     let pool = UpstreamPool::new();
