@@ -76,19 +76,19 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let id = req
             .headers()
-            .get("x-request-id")
+            .get(respond::names::X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .filter(|v| is_valid_request_id(v))
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
         req.extensions_mut().insert(RequestId(id.clone()));
         if let Ok(v) = HeaderValue::from_str(&id) {
-            req.headers_mut().insert("x-request-id", v);
+            req.headers_mut().insert(respond::names::X_REQUEST_ID, v);
         }
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
             if let Ok(v) = HeaderValue::from_str(&id) {
-                resp.headers_mut().insert("x-request-id", v);
+                resp.headers_mut().insert(respond::names::X_REQUEST_ID, v);
             }
             Ok(resp)
         })
