@@ -74,6 +74,8 @@ struct RawServer {
     shutdown_grace: String,
     #[serde(default = "default_error_doc")]
     error_type_base: String,
+    #[serde(default)]
+    workers: usize,
 }
 
 impl Default for RawServer {
@@ -86,6 +88,7 @@ impl Default for RawServer {
             dialect: default_dialect(),
             shutdown_grace: default_grace(),
             error_type_base: default_error_doc(),
+            workers: 0,
         }
     }
 }
@@ -453,6 +456,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Base URI of problem `type`s.
     pub error_type_base: String,
+    /// Worker threads serving the public listener; 0 means one per available core.
+    pub workers: usize,
     /// Store.
     pub store: StoreConfig,
     /// Idempotency.
@@ -489,6 +494,21 @@ pub fn parse_size(s: &str) -> Option<u64> {
 /// The longest duration any key accepts (longer values are mistakes, and would overflow
 /// time arithmetic).
 const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// The most worker threads `server.workers` accepts (more is a typo, not a machine).
+const MAX_WORKERS: usize = 1024;
+
+fn workers(path: &str, n: usize) -> Result<usize, ConfigError> {
+    if n > MAX_WORKERS {
+        return Err(err(
+            path,
+            format!(
+                "{n} is more than the {MAX_WORKERS} worker threads allowed; 0 means one per core"
+            ),
+        ));
+    }
+    Ok(n)
+}
 
 fn duration(path: &str, s: &str) -> Result<Duration, ConfigError> {
     let d = humantime::parse_duration(s).map_err(|e| {
@@ -893,6 +913,7 @@ impl Config {
             dialect: default_dialect,
             shutdown_grace: duration("server.shutdown_grace", &s.shutdown_grace)?,
             error_type_base: s.error_type_base.clone(),
+            workers: workers("server.workers", s.workers)?,
             store,
             idempotency,
             upstreams,
@@ -940,6 +961,18 @@ mod tests {
         let e =
             Config::parse("[server]\nshutdown_grace = \"9999999999999s\"\n").expect_err("too long");
         assert_eq!(e.path, "server.shutdown_grace");
+        let e = Config::parse("[server]\nworkers = 100000\n").expect_err("too many workers");
+        assert_eq!(e.path, "server.workers");
+        assert!(e.message.contains("1024"), "{e}");
+        let e = Config::parse("[server]\nworkers = -1\n").expect_err("negative workers");
+        assert_eq!(e.path, "server.workers");
+        assert_eq!(
+            Config::parse("[server]\nworkers = 3\n")
+                .map(|c| c.workers)
+                .ok(),
+            Some(3)
+        );
+        assert_eq!(Config::parse("").map(|c| c.workers).ok(), Some(0));
         let e = Config::parse("[store]\nkind = \"disk\"\n").expect_err("bad kind");
         assert_eq!(e.path, "store.kind");
         let e = Config::parse("[[limits]]\nname = \"x\"\ncount = 5\nwindow = \"forever\"\n")

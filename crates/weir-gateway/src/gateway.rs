@@ -130,24 +130,37 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the (few) headers; removal, by hashed lookup, only when one is there.
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass over the (few) headers notes which hop-by-hop names are there; only those are
+    // removed (each removal is a hashed lookup).
+    let mut present = 0u16;
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     if h.contains_key(header::CONNECTION) {
+        // Headers the sender named in `Connection` are hop-by-hop too. The usual tokens,
+        // `keep-alive` (removed below anyway) and `close`, name nothing to remove.
         let listed: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in listed {
             h.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        h.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(name);
+        }
     }
 }
 
@@ -202,6 +215,15 @@ fn format_name(media: &str) -> String {
         "text/markdown" => "MD".into(),
         other => other.to_owned(),
     }
+}
+
+/// A fresh request id: a random UUID, written without the formatting machinery.
+fn new_request_id() -> String {
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Uuid::new_v4()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
@@ -289,6 +311,11 @@ impl Gateway {
                 "server.listen and server.admin_listen change only on restart".into(),
             ));
         }
+        if o.workers != config.workers {
+            return Err(GatewayError::Reload(
+                "server.workers changes only on restart".into(),
+            ));
+        }
         if o.store != config.store {
             return Err(GatewayError::Reload(
                 "[store] changes only on restart".into(),
@@ -322,7 +349,7 @@ impl Gateway {
             .get(names::X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .filter(|v| is_valid_request_id(v))
-            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+            .map_or_else(new_request_id, str::to_owned);
         let accept_problem = req
             .headers()
             .get_all(header::ACCEPT)
@@ -340,7 +367,9 @@ impl Gateway {
             body_unread: false,
         };
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        // Kept for the access log only, so copied only when that log is on.
+        let path = tracing::enabled!(target: "weir::access", tracing::Level::INFO)
+            .then(|| req.uri().path().to_owned());
         let result = self
             .pipeline(&rt, &mut ctx, req, peer, accept_problem)
             .await;
@@ -388,7 +417,7 @@ impl Gateway {
             key_id = ctx.key_id.as_deref().unwrap_or("-"),
             route = %route,
             method = %method,
-            path = %path,
+            path = path.as_deref().unwrap_or("-"),
             status,
             code = %code,
             latency_ms = elapsed.as_secs_f64() * 1e3,
@@ -629,7 +658,16 @@ impl Gateway {
         }
 
         // 8. Breaker and proxy.
-        let result = self.forward(rt, ctx, route, key, parts, body, peer).await;
+        // The peer's address as text, for X-Forwarded-For: usually the client IP just
+        // formatted.
+        let peer_text = if ip == peer.ip() {
+            ip_text
+        } else {
+            peer.ip().to_string()
+        };
+        let result = self
+            .forward(rt, ctx, route, key, parts, body, peer_text)
+            .await;
         let resp = match (result, &idem) {
             (Ok(resp), Some((scope, fp))) => self.remember(route, scope, fp, resp, rt).await,
             (Ok(resp), None) => resp,
@@ -759,7 +797,7 @@ impl Gateway {
         key: Option<&ApiKey>,
         mut parts: http::request::Parts,
         body: ReqBody,
-        peer: SocketAddr,
+        peer_text: String,
     ) -> Step<Response<Body>> {
         let (Some(base), Some(breaker), Some(upstream)) = (
             rt.upstream_urls.get(&route.upstream),
@@ -820,8 +858,8 @@ impl Gateway {
             h.insert(names::TRACEPARENT, v);
         }
         let xff = match h.get(names::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {}", peer.ip()),
-            None => peer.ip().to_string(),
+            Some(prev) => format!("{prev}, {peer_text}"),
+            None => peer_text,
         };
         if let Some(v) = owned_value(xff) {
             h.insert(names::X_FORWARDED_FOR, v);
@@ -1119,5 +1157,48 @@ impl Runtime {
     /// The base URL a named upstream resolves to (the demo upstream's real address).
     pub fn upstream_url(&self, name: &str) -> Option<&str> {
         self.upstream_urls.get(name).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
+        let mut h = headers(&[
+            ("connection", "Keep-Alive, X-Private"),
+            ("connection", "close,te"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-private", "secret"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("content-type", "application/json"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn headers_without_hop_by_hop_names_are_untouched() {
+        let mut h = headers(&[("content-type", "text/plain"), ("x-a", "1"), ("x-a", "2")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 }

@@ -34,6 +34,7 @@ pub struct Server {
     public: TcpListener,
     admin: TcpListener,
     grace: Duration,
+    workers: usize,
     draining: Arc<AtomicBool>,
 }
 
@@ -48,6 +49,7 @@ impl Server {
         let public_addr = listen.unwrap_or(config.listen);
         let admin_addr = admin.unwrap_or(config.admin_listen);
         let grace = config.shutdown_grace;
+        let workers = config.workers;
         let _ = metrics_handle();
         let public = TcpListener::bind(public_addr).await?;
         let admin = TcpListener::bind(admin_addr).await?;
@@ -60,6 +62,7 @@ impl Server {
             public,
             admin,
             grace,
+            workers,
             draining: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -78,6 +81,15 @@ impl Server {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
+    /// How many worker threads will serve the public listener (`server.workers`, with 0
+    /// resolved to the available cores).
+    pub fn workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        }
+    }
+
     /// The gateway (for reloads).
     pub fn gateway(&self) -> Arc<Gateway> {
         self.gateway.clone()
@@ -89,6 +101,7 @@ impl Server {
     /// Public connections are served thread-per-core (see the body); the admin endpoints
     /// run on the caller's runtime.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), GatewayError> {
+        let workers = self.workers();
         let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
         let draining = self.draining.clone();
         let handle = metrics_handle();
@@ -131,7 +144,6 @@ impl Server {
         // Thread-per-core: each worker thread runs its own single-threaded runtime with its
         // own accept loop on a clone of the listening socket and its own upstream client, so
         // a request never crosses threads.
-        let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let listener = self.public.into_std()?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut threads = Vec::with_capacity(workers);

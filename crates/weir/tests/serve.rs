@@ -161,6 +161,10 @@ fn serve_logs_reloads_on_sighup_and_drains_on_sigterm() {
             "{line}"
         );
         assert_eq!(f["key_id"], "key-id-1");
+        assert!(
+            f["path"].as_str().is_some_and(|p| p.starts_with("/v1/")) && f["method"].is_string(),
+            "{line}"
+        );
     }
     assert!(
         !logs.contains("super-secret-key-value"),

@@ -927,6 +927,49 @@ mod operations {
     }
 
     #[tokio::test]
+    async fn workers_setting_sizes_the_serving_threads_and_needs_a_restart() {
+        let text = config(ECHO, &temp_db("o4")).replace(
+            "shutdown_grace = \"5s\"",
+            "shutdown_grace = \"5s\"\nworkers = 1",
+        );
+        let cfg = weir_gateway::Config::parse(&text).expect("config");
+        assert_eq!(cfg.workers, 1);
+        let server = weir_gateway::Server::bind(cfg.clone(), None, None)
+            .await
+            .expect("bind");
+        assert_eq!(server.workers(), 1);
+        drop(server);
+        let gw = support::start_config(cfg).await;
+        let resp = client()
+            .get(gw.url("/v1/echo"))
+            .bearer_auth("free-secret")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::OK, "one worker serves");
+        let mut changed = weir_gateway::Config::parse(&text.replace("workers = 1", "workers = 2"))
+            .expect("config");
+        changed.listen = gw.addr;
+        changed.admin_listen = gw.admin;
+        changed.idempotency = gw.gateway.runtime().config.idempotency.clone();
+        let e = gw
+            .gateway
+            .reload(changed)
+            .expect_err("workers need a restart");
+        assert!(e.to_string().contains("server.workers"), "{e}");
+
+        let default = weir_gateway::Server::bind(
+            weir_gateway::Config::parse(&config(ECHO, &temp_db("o5"))).expect("config"),
+            None,
+            None,
+        )
+        .await
+        .expect("bind");
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(default.workers(), cores, "0 means one per core");
+    }
+
+    #[tokio::test]
     async fn config_errors_name_file_key_path_and_problem() {
         let dir = std::env::temp_dir().join(format!("weir-cfg-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("dir");
