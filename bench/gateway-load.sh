@@ -6,6 +6,9 @@
 # nginx-light or nginx, and wrk). Usage: bench/gateway-load.sh [seconds] [connections] [rounds]
 # Each round measures the three setups back to back; the table shows every round and the
 # medians, and the ratio is of the medians (one round on a small shared machine is noisy).
+# Beside throughput, each row has the CPU time (user + system, from /proc) spent per request
+# by the proxy, by the upstream and by the whole machine: it explains the throughput, and
+# it moves less than throughput from run to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
@@ -75,34 +78,54 @@ nginx -c "$WORK/ng/nginx.conf" -p "$WORK/ng" & echo $! > "$WORK/ng-master.pid"
 WEIR_LOG=warn ./target/release/weir serve --config "$WORK/weir.toml" > "$WORK/weir.log" 2>&1 & echo $! > "$WORK/weir.pid"
 for p in $UP $NG $WEIR; do for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done; done
 
-run() { # name url extra-header
-  local out; out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -H "$3" "$2")
-  local rps p50 p99 non2xx
+# CPU time (clock ticks, user + system) of processes and their children, every thread.
+ticks() {
+  local all=() p
+  for p in "$@"; do all+=("$p" $(pgrep -P "$p" || true)); done
+  for p in "${all[@]}"; do cat /proc/"$p"/task/*/stat 2>/dev/null; done |
+    awk '{sub(/^.*\) /, ""); t += $12 + $13} END {print t + 0}'
+}
+# Busy clock ticks of the whole machine (everything but idle and iowait).
+busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+HZ=$(getconf CLK_TCK)
+per_req() { python3 -c "print(f'{$1 / $HZ / $2 * 1e6:.1f}')"; }
+run() { # name url extra-header proxy-pid (empty for the upstream itself)
+  local p0 u0 m0 out p1 u1 m1
+  p0=$(ticks $4); u0=$(ticks "$(cat "$WORK/up-master.pid")"); m0=$(busy)
+  out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -H "$3" "$2")
+  p1=$(ticks $4); u1=$(ticks "$(cat "$WORK/up-master.pid")"); m1=$(busy)
+  local rps p50 p99 non2xx n
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out"); non2xx=${non2xx:-0}
-  echo "$1|$rps|$p50|$p99|$non2xx"
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  local proxy="-"; [ -n "$4" ] && proxy=$(per_req $((p1 - p0)) "$n")
+  echo "$1|$rps|$p50|$p99|$non2xx|$proxy|$(per_req $((u1 - u0)) "$n")|$(per_req $((m1 - m0)) "$n")"
 }
 # Warm-up, then ROUNDS rounds of the three measurements back to back.
 wrk -t1 -c8 -d2s -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" >/dev/null
 rows=()
 for r in $(seq "$ROUNDS"); do
-  rows+=("$(run "upstream directly" "http://127.0.0.1:$UP/v1/x" "X-Bench: 1")|$r")
-  rows+=("$(run "weir -> upstream" "http://127.0.0.1:$WEIR/v1/x" "Authorization: Bearer bench-key")|$r")
-  rows+=("$(run "nginx limit_req -> upstream" "http://127.0.0.1:$NG/v1/x" "X-Bench: 1")|$r")
+  rows+=("$(run "upstream directly" "http://127.0.0.1:$UP/v1/x" "X-Bench: 1" "")|$r")
+  rows+=("$(run "weir -> upstream" "http://127.0.0.1:$WEIR/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/weir.pid")")|$r")
+  rows+=("$(run "nginx limit_req -> upstream" "http://127.0.0.1:$NG/v1/x" "X-Bench: 1" "$(cat "$WORK/ng-master.pid")")|$r")
 done
 curl -s -D - -o /dev/null -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" | grep -iE '^(x-ratelimit|ratelimit|x-request-id)' > "$WORK/headers.txt" || true
 
 echo "wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS rounds, $(nproc) cores; weir checks 3 limits (org plan, IP, user) and sends X-RateLimit-*, RateLimit, RateLimit-Policy, X-Request-Id on every response"
 echo
-echo "| round | setup | requests/s | p50 | p99 | non-2xx |"
-echo "|---|---|---|---|---|---|"
-for row in "${rows[@]}"; do IFS='|' read -r n rps a b x round <<<"$row"; echo "| $round | $n | $rps | $a | $b | $x |"; done
+echo "CPU columns: µs of CPU (user + system) per request, of the proxy, of the upstream, and of the whole machine (wrk included)."
+echo
+echo "| round | setup | requests/s | p50 | p99 | non-2xx | proxy CPU | upstream CPU | machine CPU |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for row in "${rows[@]}"; do IFS='|' read -r n rps a b x pc uc mc round <<<"$row"; echo "| $round | $n | $rps | $a | $b | $x | $pc | $uc | $mc |"; done
 median() { sort -n | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
 med_of() { for row in "${rows[@]}"; do IFS='|' read -r n rps _ <<<"$row"; if [ "$n" = "$1" ]; then echo "$rps"; fi; done | median; }
+cpu_of() { for row in "${rows[@]}"; do IFS='|' read -r n _ _ _ _ pc _ <<<"$row"; if [ "$n" = "$1" ]; then echo "$pc"; fi; done | median; }
 ud=$(med_of "upstream directly"); wr=$(med_of "weir -> upstream"); nr=$(med_of "nginx limit_req -> upstream")
 echo
 echo "medians: upstream directly $ud, weir $wr, nginx $nr requests/s"
 echo "weir / nginx throughput (medians): $(python3 -c "print(f'{$wr/$nr:.2f}x')")"
+echo "proxy CPU per request (medians): weir $(cpu_of "weir -> upstream") µs, nginx $(cpu_of "nginx limit_req -> upstream") µs"
 echo "headers weir sent:"; sed 's/^/    /' "$WORK/headers.txt"
