@@ -118,52 +118,6 @@ pub struct Gateway {
     demo_url: Option<String>,
 }
 
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-];
-
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the (few) headers notes which hop-by-hop names are there; only those are
-    // removed (each removal is a hashed lookup).
-    let mut present = 0u16;
-    for k in h.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
-            present |= 1 << i;
-        }
-    }
-    if present == 0 {
-        return;
-    }
-    if h.contains_key(header::CONNECTION) {
-        // Headers the sender named in `Connection` are hop-by-hop too. The usual tokens,
-        // `keep-alive` (removed below anyway) and `close`, name nothing to remove.
-        let listed: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in listed {
-            h.remove(name);
-        }
-    }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            h.remove(name);
-        }
-    }
-}
-
 /// A header value made from a string the gateway just built, without copying it.
 fn owned_value(s: String) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(Bytes::from(s)).ok()
@@ -824,7 +778,7 @@ impl Gateway {
             );
         };
         let h = &mut parts.headers;
-        strip_hop_by_hop(h);
+        crate::hop::strip(h);
         h.remove(header::HOST);
         h.remove(header::AUTHORIZATION);
         h.remove(names::X_API_KEY);
@@ -904,7 +858,7 @@ impl Gateway {
         );
         let resp = result?;
         let (mut rparts, rbody) = resp.into_parts();
-        strip_hop_by_hop(&mut rparts.headers);
+        crate::hop::strip(&mut rparts.headers);
         Ok(Response::from_parts(rparts, Body::new(rbody)))
     }
 
@@ -1157,48 +1111,5 @@ impl Runtime {
     /// The base URL a named upstream resolves to (the demo upstream's real address).
     pub fn upstream_url(&self, name: &str) -> Option<&str> {
         self.upstream_urls.get(name).map(String::as_str)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                HeaderValue::from_str(v).expect("value"),
-            );
-        }
-        h
-    }
-
-    #[test]
-    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
-        let mut h = headers(&[
-            ("connection", "Keep-Alive, X-Private"),
-            ("connection", "close,te"),
-            ("keep-alive", "timeout=5"),
-            ("te", "trailers"),
-            ("x-private", "secret"),
-            ("upgrade", "h2c"),
-            ("proxy-connection", "keep-alive"),
-            ("content-type", "application/json"),
-            ("x-kept", "1"),
-        ]);
-        strip_hop_by_hop(&mut h);
-        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["content-type", "x-kept"]);
-    }
-
-    #[test]
-    fn headers_without_hop_by_hop_names_are_untouched() {
-        let mut h = headers(&[("content-type", "text/plain"), ("x-a", "1"), ("x-a", "2")]);
-        let before = h.clone();
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h, before);
     }
 }

@@ -10,6 +10,7 @@ pub mod client_ip;
 pub mod config;
 pub mod demo;
 pub mod gateway;
+pub mod hop;
 pub mod idempotency;
 pub mod identity;
 pub mod layer;
