@@ -16,14 +16,34 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// Bucket upper bounds (seconds) of every latency histogram: true Prometheus histograms,
+/// which (unlike summaries) can be aggregated across instances.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// How often recorded histogram samples are folded into their buckets. The exporter buffers
+/// every sample until then (or until a scrape), so without this a gateway nobody scrapes
+/// would grow by every request it serves.
+pub const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+fn prometheus() -> PrometheusBuilder {
+    let builder = PrometheusBuilder::new();
+    match builder.set_buckets(&LATENCY_BUCKETS) {
+        Ok(b) => b,
+        Err(_) => PrometheusBuilder::new(),
+    }
+}
+
 /// The process-wide Prometheus recorder (installed once, shared by every server).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            prometheus()
                 .install_recorder()
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle())
+                .unwrap_or_else(|_| prometheus().build_recorder().handle())
         })
         .clone()
 }
@@ -132,6 +152,17 @@ impl Server {
                 }),
             )
             .route("/metrics", get(move || std::future::ready(handle.render())));
+        let upkeep = {
+            let handle = metrics_handle();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(METRICS_UPKEEP);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    handle.run_upkeep();
+                }
+            })
+        };
         let mut admin_rx = admin_stopped.clone();
         let admin_task = tokio::spawn(async move {
             let _ = axum::serve(self.admin, admin_app)
@@ -201,6 +232,7 @@ impl Server {
         .await;
         let _ = stop_admin.send(true);
         let _ = admin_task.await;
+        upkeep.abort();
         Ok(())
     }
 }

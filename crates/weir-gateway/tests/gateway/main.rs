@@ -859,7 +859,19 @@ mod operations {
             m.contains("weir_limiter_decisions_total{outcome=\"admitted\"}"),
             "{m}"
         );
-        assert!(m.contains("weir_upstream_latency_seconds"), "{m}");
+        // Latencies are true histograms (aggregatable across instances), not summaries.
+        assert!(
+            m.contains("# TYPE weir_upstream_latency_seconds histogram"),
+            "{m}"
+        );
+        assert!(
+            m.contains(r#"weir_upstream_latency_seconds_bucket{upstream="demo",le="0.005"}"#),
+            "{m}"
+        );
+        assert!(
+            m.contains(r#"weir_request_duration_seconds_bucket{route="echo",le="60"}"#),
+            "{m}"
+        );
     }
 
     #[tokio::test]
