@@ -52,6 +52,9 @@ statuses! {
     404 "NotFound" "Not Found" Never;
     405 "MethodNotAllowed" "Method Not Allowed" Never;
     406 "NotAcceptable" "Not Acceptable" Never;
+    // Not in the reference table; RFC 9110 §15.5.9: the server gave up waiting for the
+    // request, so it was not processed and may be repeated.
+    408 "RequestTimeout" "Request Timeout" AfterDelay;
     409 "Conflict" "Conflict" Never;
     410 "Gone" "Gone" Never;
     411 "LengthRequired" "Length Required" Never;
@@ -168,6 +171,7 @@ codes! {
     "REQUEST_LENGTH_REQUIRED" Request 411 false "The request requires a Content-Length.";
     "REQUEST_TOO_LARGE" Request 413 false "The request body is larger than allowed.";
     "REQUEST_MEDIA_TYPE_UNSUPPORTED" Request 415 false "The request media type is not supported.";
+    "REQUEST_TIMEOUT" Request 408 true "The request body did not arrive in time.";
     "REQUEST_NOT_FOUND" Request 404 false "No route matches this path.";
     "REQUEST_COST_EXCEEDS_LIMIT" Request 413 false "The request costs more than the limit can ever allow; split it into smaller batches.";
     "IDEMPOTENCY_KEY_INVALID" Request 400 false "The Idempotency-Key header is invalid.";

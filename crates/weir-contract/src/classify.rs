@@ -245,7 +245,7 @@ mod tests {
 
     #[test]
     fn status_table() {
-        for s in [429, 500, 502, 503, 504, 509] {
+        for s in [408, 429, 500, 502, 503, 504, 509] {
             assert_eq!(
                 classify(Some(s), &NO_HEADERS[..], None, at(0)).action,
                 Action::Retry,

@@ -76,6 +76,10 @@ struct RawServer {
     error_type_base: String,
     #[serde(default)]
     workers: usize,
+    #[serde(default = "default_header_timeout")]
+    header_read_timeout: String,
+    #[serde(default = "default_body_timeout")]
+    body_read_timeout: String,
 }
 
 impl Default for RawServer {
@@ -89,6 +93,8 @@ impl Default for RawServer {
             shutdown_grace: default_grace(),
             error_type_base: default_error_doc(),
             workers: 0,
+            header_read_timeout: default_header_timeout(),
+            body_read_timeout: default_body_timeout(),
         }
     }
 }
@@ -107,6 +113,12 @@ fn default_dialect() -> String {
 }
 fn default_grace() -> String {
     "30s".into()
+}
+fn default_header_timeout() -> String {
+    "30s".into()
+}
+fn default_body_timeout() -> String {
+    "60s".into()
 }
 fn default_error_doc() -> String {
     "https://weir.invalid/errors/".into()
@@ -458,6 +470,13 @@ pub struct Config {
     pub error_type_base: String,
     /// Worker threads serving the public listener; 0 means one per available core.
     pub workers: usize,
+    /// How long a client may take to send a request's head, and how long a kept-alive
+    /// connection may sit idle before the next one (slow or idle clients cannot pin
+    /// connections forever).
+    pub header_read_timeout: Duration,
+    /// The longest pause between two reads of a request body the gateway buffers; then
+    /// the request gets 408 `REQUEST_TIMEOUT`.
+    pub body_read_timeout: Duration,
     /// Store.
     pub store: StoreConfig,
     /// Idempotency.
@@ -508,6 +527,17 @@ fn workers(path: &str, n: usize) -> Result<usize, ConfigError> {
         ));
     }
     Ok(n)
+}
+
+/// A duration that must not be zero (a zero timeout would fail every request).
+fn nonzero(path: &str, s: &str) -> Result<Duration, ConfigError> {
+    match duration(path, s)? {
+        d if d.is_zero() => Err(err(
+            path,
+            format!("{s:?} would time out every request; write e.g. \"30s\""),
+        )),
+        d => Ok(d),
+    }
 }
 
 fn duration(path: &str, s: &str) -> Result<Duration, ConfigError> {
@@ -914,6 +944,8 @@ impl Config {
             shutdown_grace: duration("server.shutdown_grace", &s.shutdown_grace)?,
             error_type_base: s.error_type_base.clone(),
             workers: workers("server.workers", s.workers)?,
+            header_read_timeout: nonzero("server.header_read_timeout", &s.header_read_timeout)?,
+            body_read_timeout: nonzero("server.body_read_timeout", &s.body_read_timeout)?,
             store,
             idempotency,
             upstreams,
@@ -973,6 +1005,14 @@ mod tests {
             Some(3)
         );
         assert_eq!(Config::parse("").map(|c| c.workers).ok(), Some(0));
+        let e = Config::parse("[server]\nheader_read_timeout = \"0s\"\n").expect_err("zero");
+        assert_eq!(e.path, "server.header_read_timeout");
+        let e = Config::parse("[server]\nbody_read_timeout = \"0ms\"\n").expect_err("zero");
+        assert_eq!(e.path, "server.body_read_timeout");
+        assert_eq!(
+            Config::parse("").map(|c| c.header_read_timeout).ok(),
+            Some(std::time::Duration::from_secs(30))
+        );
         let e = Config::parse("[store]\nkind = \"disk\"\n").expect_err("bad kind");
         assert_eq!(e.path, "store.kind");
         let e = Config::parse("[[limits]]\nname = \"x\"\ncount = 5\nwindow = \"forever\"\n")

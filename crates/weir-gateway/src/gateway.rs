@@ -546,7 +546,7 @@ impl Gateway {
         }
 
         // 4. Cheap validation from headers, 5. the body.
-        let validated = self.validate(route, &parts, body).await;
+        let validated = self.validate(rt, route, &parts, body).await;
         let (body, cost) = match validated {
             Ok(v) => {
                 if matches!(v.0, ReqBody::Buffered(_)) {
@@ -645,6 +645,7 @@ impl Gateway {
     /// Steps 4 and 5: header checks, then the body (buffered when the route needs it).
     async fn validate(
         &self,
+        rt: &Runtime,
         route: &RouteConfig,
         parts: &http::request::Parts,
         body: &mut Option<Body>,
@@ -705,12 +706,21 @@ impl Gateway {
             return Ok((ReqBody::Buffered(Bytes::new()), 1));
         };
         // Read at most the limit; on overflow the rest stays in `body`, to be drained.
-        let bytes = match read_up_to(b, limit).await {
+        let gap = rt.config.body_read_timeout;
+        let bytes = match read_up_to(b, limit, gap).await {
             Ok(bytes) => {
                 *body = None;
                 bytes
             }
             Err(ReadError::TooLarge) => return Err(too_large()),
+            Err(ReadError::Stalled) => {
+                return Err(Refusal::code("REQUEST_TIMEOUT")
+                    .message(format!(
+                        "The request body stopped arriving for {}.",
+                        humantime::format_duration(gap)
+                    ))
+                    .hint("Send the body without long pauses, then retry."))
+            }
             Err(ReadError::Broken) => {
                 return Err(Refusal::code("REQUEST_MALFORMED")
                     .message("The request body could not be read."))
@@ -975,12 +985,17 @@ async fn normalize(resp: Response<Body>, dialect: Dialect, request_id: &str) -> 
 enum ReadError {
     TooLarge,
     Broken,
+    Stalled,
 }
 
-/// Reads a body whole, but never more than `limit` bytes.
-async fn read_up_to(body: &mut Body, limit: usize) -> Result<Bytes, ReadError> {
+/// Reads a body whole, but never more than `limit` bytes, and gives up when the client
+/// pauses longer than `gap` between two reads.
+async fn read_up_to(body: &mut Body, limit: usize, gap: Duration) -> Result<Bytes, ReadError> {
     let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    while let Some(frame) = tokio::time::timeout(gap, body.frame())
+        .await
+        .map_err(|_| ReadError::Stalled)?
+    {
         let frame = frame.map_err(|_| ReadError::Broken)?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > limit {

@@ -6,7 +6,7 @@ use crate::gateway::{Gateway, GatewayError};
 use axum::body::Body;
 use axum::routing::get;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::convert::Infallible;
 use std::future::Future;
@@ -259,6 +259,8 @@ async fn serve_connections(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                // Read per connection, so a reload applies to new connections.
+                let header_timeout = gateway.runtime().config.header_read_timeout;
                 let gateway = gateway.clone();
                 let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                     let gateway = gateway.clone();
@@ -266,6 +268,8 @@ async fn serve_connections(
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .keep_alive(true)
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
                     .serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

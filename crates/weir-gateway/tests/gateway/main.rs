@@ -981,6 +981,104 @@ mod operations {
         assert_eq!(default.workers(), cores, "0 means one per core");
     }
 
+    /// Reads until the server closes the connection; `None` if it has not within 5 s.
+    async fn read_to_close(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        read.ok().map(|()| got)
+    }
+
+    #[tokio::test]
+    async fn slow_and_idle_clients_are_disconnected_after_the_header_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let text = config(ECHO, &temp_db("o6")).replace(
+            "shutdown_grace = \"5s\"",
+            "shutdown_grace = \"5s\"\nheader_read_timeout = \"300ms\"",
+        );
+        let gw = start(&text).await;
+        // A head that never ends (slowloris).
+        let mut slow = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        slow.write_all(b"GET /v1/echo HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .expect("write");
+        assert!(
+            read_to_close(&mut slow).await.is_some(),
+            "a client that never finishes its head is disconnected"
+        );
+        // A kept-alive connection that goes quiet after its request.
+        let mut idle = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        idle.write_all(
+            b"GET /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let got = read_to_close(&mut idle)
+            .await
+            .expect("an idle kept-alive connection is closed");
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_buffered_body_that_stalls_gets_408() {
+        use tokio::io::AsyncWriteExt;
+        let text = config(ECHO, &temp_db("o7")).replace(
+            "shutdown_grace = \"5s\"",
+            "shutdown_grace = \"5s\"\nbody_read_timeout = \"300ms\"",
+        );
+        let gw = start(&text).await;
+        // Without a length the body is buffered; the client sends one chunk and stops.
+        let mut stalled = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        stalled
+            .write_all(
+                b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\n\
+                  Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            )
+            .await
+            .expect("write");
+        // The answer comes while the connection is still open (the gateway drains what the
+        // client may still send for a few seconds, then closes).
+        let mut got = Vec::new();
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 4096];
+            while !got.windows(15).any(|w| w == b"REQUEST_TIMEOUT") {
+                match stalled.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(answered.is_ok(), "answered within 5 s");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("REQUEST_TIMEOUT"), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
+    }
+
     #[tokio::test]
     async fn config_errors_name_file_key_path_and_problem() {
         let dir = std::env::temp_dir().join(format!("weir-cfg-{}", uuid::Uuid::new_v4()));
