@@ -529,12 +529,13 @@ fn workers(path: &str, n: usize) -> Result<usize, ConfigError> {
     Ok(n)
 }
 
-/// A duration that must not be zero (a zero timeout would fail every request).
+/// A duration that must not be zero: a zero timeout would fail every request, a zero
+/// window or TTL would silently turn its feature off.
 fn nonzero(path: &str, s: &str) -> Result<Duration, ConfigError> {
     match duration(path, s)? {
         d if d.is_zero() => Err(err(
             path,
-            format!("{s:?} would time out every request; write e.g. \"30s\""),
+            format!("{s:?} would time out (or expire) at once; write e.g. \"30s\""),
         )),
         d => Ok(d),
     }
@@ -645,7 +646,7 @@ impl Config {
                     (None, false) => RedisConfig::cluster(raw.store.cluster_urls.clone()),
                     _ => return Err(err("store", "with kind = \"redis\", set exactly one of url (single node) or cluster_urls (Cluster)")),
                 };
-                cfg.deadline = duration("store.deadline", &raw.store.deadline)?;
+                cfg.deadline = nonzero("store.deadline", &raw.store.deadline)?;
                 cfg.prefix = raw.store.prefix.clone();
                 cfg.on_failure = match raw.store.on_failure.as_str() {
                     "fail_closed" => FailurePolicy::FailClosed,
@@ -666,8 +667,8 @@ impl Config {
         };
         let idempotency = IdempotencyConfig {
             path: PathBuf::from(&raw.idempotency.path),
-            ttl: duration("idempotency.ttl", &raw.idempotency.ttl)?,
-            lock_timeout: duration("idempotency.lock_timeout", &raw.idempotency.lock_timeout)?,
+            ttl: nonzero("idempotency.ttl", &raw.idempotency.ttl)?,
+            lock_timeout: nonzero("idempotency.lock_timeout", &raw.idempotency.lock_timeout)?,
             max_response_bytes: size(
                 "idempotency.max_response_bytes",
                 &raw.idempotency.max_response_bytes,
@@ -722,12 +723,12 @@ impl Config {
                 UpstreamConfig {
                     name: name.clone(),
                     url: u.url.trim_end_matches('/').to_owned(),
-                    timeout: duration(&format!("{p}.timeout"), &u.timeout)?,
+                    timeout: nonzero(&format!("{p}.timeout"), &u.timeout)?,
                     breaker: BreakerConfig {
                         failure_ratio: b.failure_ratio,
-                        window: duration(&format!("{p}.breaker.window"), &b.window)?,
+                        window: nonzero(&format!("{p}.breaker.window"), &b.window)?,
                         min_requests: b.min_requests.max(1),
-                        open_for: duration(&format!("{p}.breaker.open_for"), &b.open_for)?,
+                        open_for: nonzero(&format!("{p}.breaker.open_for"), &b.open_for)?,
                         half_open_probes: b.half_open_probes.max(1),
                     },
                 },
@@ -1009,6 +1010,27 @@ mod tests {
         assert_eq!(e.path, "server.header_read_timeout");
         let e = Config::parse("[server]\nbody_read_timeout = \"0ms\"\n").expect_err("zero");
         assert_eq!(e.path, "server.body_read_timeout");
+        for (toml, path) in [
+            (
+                "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\ndeadline = \"0s\"\n",
+                "store.deadline",
+            ),
+            ("[idempotency]\nttl = \"0s\"\n", "idempotency.ttl"),
+            ("[idempotency]\nlock_timeout = \"0s\"\n", "idempotency.lock_timeout"),
+            ("[upstreams.u]\nurl = \"http://127.0.0.1:1\"\ntimeout = \"0s\"\n", "upstreams.u.timeout"),
+            (
+                "[upstreams.u]\nurl = \"http://127.0.0.1:1\"\n[upstreams.u.breaker]\nwindow = \"0s\"\n",
+                "upstreams.u.breaker.window",
+            ),
+            (
+                "[upstreams.u]\nurl = \"http://127.0.0.1:1\"\n[upstreams.u.breaker]\nopen_for = \"0s\"\n",
+                "upstreams.u.breaker.open_for",
+            ),
+        ] {
+            let e = Config::parse(toml).expect_err(path);
+            assert_eq!(e.path, path, "{e}");
+            assert!(e.message.contains("would time out"), "{e}");
+        }
         assert_eq!(
             Config::parse("").map(|c| c.header_read_timeout).ok(),
             Some(std::time::Duration::from_secs(30))
