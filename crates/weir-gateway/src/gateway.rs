@@ -840,7 +840,10 @@ impl Gateway {
         let pool = WORKER_POOL
             .with(|c| c.get().cloned())
             .unwrap_or_else(|| self.pool.clone());
-        let sent = tokio::time::timeout(upstream.timeout, pool.send(out)).await;
+        // The upstream answers (the head) within its timeout, and then never pauses longer
+        // than that between two parts of the body.
+        let sent =
+            tokio::time::timeout(upstream.timeout, pool.send_bounded(out, upstream.timeout)).await;
         let elapsed = started.elapsed();
         ctx.upstream_ms = Some(elapsed.as_secs_f64() * 1e3);
         let result = match sent {

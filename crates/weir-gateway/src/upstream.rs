@@ -11,6 +11,11 @@
 //! A pooled connection the upstream has meanwhile closed is detected before the request
 //! is written (hyper hands the unsent request back) and the request moves to the next
 //! connection, or a new one; a request that was written is never sent twice.
+//!
+//! An upstream that stops sending its response body part-way would hold the client's
+//! connection forever: [`UpstreamPool::send_bounded`] ends such a body with an error once
+//! it pauses for longer than a bound. The timer is armed only while the body actually
+//! waits, so a body that arrives with its head (the common case) costs no timer at all.
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -52,6 +57,18 @@ pub enum UpstreamError {
     /// The connection failed before a response arrived.
     #[error("{0}")]
     Http(#[from] hyper::Error),
+}
+
+/// Why a response body from an upstream ended early.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// The connection failed part-way.
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    /// The upstream paused longer than allowed between two parts of the body.
+    #[error("the upstream paused its response body for more than {0:?}")]
+    Stalled(Duration),
 }
 
 struct Idle {
@@ -98,7 +115,25 @@ impl UpstreamPool {
 
     /// Sends `req` (an absolute `http://` URI) and returns the response head with a
     /// streaming body.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
+        self.send_inner(req, None).await
+    }
+
+    /// As [`send`](Self::send), and the body ends with [`BodyError::Stalled`] (closing the
+    /// connection) once the upstream pauses longer than `body_stall` between two parts.
+    pub async fn send_bounded(
+        &self,
+        req: Request<Body>,
+        body_stall: Duration,
+    ) -> Result<Response<Body>, UpstreamError> {
+        self.send_inner(req, Some(body_stall)).await
+    }
+
+    async fn send_inner(
+        &self,
+        mut req: Request<Body>,
+        stall: Option<Duration>,
+    ) -> Result<Response<Body>, UpstreamError> {
         let uri = req.uri().clone();
         let authority = match (uri.scheme(), uri.authority()) {
             (Some(s), Some(a)) if *s == Scheme::HTTP => a.clone(),
@@ -123,7 +158,7 @@ impl UpstreamPool {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(resp, sender, authority)),
+                Ok(resp) => return Ok(self.wrap(resp, sender, authority, stall)),
                 Err(mut e) => match e.take_message() {
                     // Not written: the connection was already gone; try the next one.
                     Some(unsent) => req = unsent,
@@ -133,7 +168,7 @@ impl UpstreamPool {
         }
         let mut sender = connect(&authority).await?;
         let resp = sender.send_request(req).await?;
-        Ok(self.wrap(resp, sender, authority))
+        Ok(self.wrap(resp, sender, authority, stall))
     }
 
     /// Idle connections to `authority` that are still open.
@@ -162,6 +197,7 @@ impl UpstreamPool {
         resp: Response<Incoming>,
         sender: SendRequest<Body>,
         authority: Authority,
+        stall: Option<Duration>,
     ) -> Response<Body> {
         let (parts, body) = resp.into_parts();
         let body = PooledBody {
@@ -169,6 +205,8 @@ impl UpstreamPool {
             body,
             back: Some((sender, Arc::downgrade(&self.idle), authority)),
             idle_timeout: self.idle_timeout,
+            stall,
+            waiting: None,
         };
         Response::from_parts(parts, Body::new(body))
     }
@@ -200,24 +238,52 @@ struct PooledBody {
     ended: bool,
     back: Option<(SendRequest<Body>, Weak<Shelves>, Authority)>,
     idle_timeout: Duration,
+    /// The longest pause allowed between two parts of the body.
+    stall: Option<Duration>,
+    /// Armed while the body waits for the upstream (allocated on the first wait only).
+    waiting: Option<(Pin<Box<tokio::time::Sleep>>, bool)>,
 }
 
 impl http_body::Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.ended = true,
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.ended = true,
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Pending => {
+                let Some(stall) = this.stall else {
+                    return Poll::Pending;
+                };
+                let (sleep, armed) = this
+                    .waiting
+                    .get_or_insert_with(|| (Box::pin(tokio::time::sleep(stall)), true));
+                if !*armed {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + stall);
+                    *armed = true;
+                }
+                if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.back = None;
+                Poll::Ready(Some(Err(BodyError::Stalled(stall))))
+            }
+            ready => {
+                if let Some((_, armed)) = &mut this.waiting {
+                    *armed = false;
+                }
+                match &ready {
+                    Poll::Ready(None) => this.ended = true,
+                    Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.ended = true,
+                    Poll::Ready(Some(Err(_))) => this.back = None,
+                    _ => {}
+                }
+                ready.map(|f| f.map(|r| r.map_err(BodyError::Http)))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

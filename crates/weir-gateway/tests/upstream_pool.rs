@@ -159,3 +159,53 @@ async fn refused_and_unsupported_upstreams_are_typed_errors() {
     let err = pool.send(https).await.expect_err("https");
     assert!(err.to_string().contains("only http://"), "{err}");
 }
+
+#[tokio::test]
+async fn a_body_the_upstream_stops_sending_ends_with_an_error() {
+    // An upstream that promises 10 bytes, sends 5 in two parts, then goes quiet (keeping the
+    // socket open).
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nab")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = stream.write_all(b"cde").await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let pool = UpstreamPool::new();
+    let authority: Authority = addr.parse().expect("authority");
+    let resp = pool
+        .send_bounded(get(&addr, "/"), Duration::from_millis(300))
+        .await
+        .expect("the head arrives");
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match body.frame().await {
+                Some(Ok(f)) => got.extend_from_slice(f.data_ref().map_or(&[][..], |d| &d[..])),
+                Some(Err(e)) => return Some(e.to_string()),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the stalled body ends within 5 s");
+    assert_eq!(got, b"abcde", "a pause shorter than the bound is fine");
+    let err = ended.expect("an error, not a clean end");
+    assert!(err.contains("paused"), "{err}");
+    drop(body);
+    assert_eq!(
+        pool.idle_connections(&authority),
+        0,
+        "not returned to the pool"
+    );
+}
