@@ -29,11 +29,9 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
 pub const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 fn prometheus() -> PrometheusBuilder {
-    let builder = PrometheusBuilder::new();
-    match builder.set_buckets(&LATENCY_BUCKETS) {
-        Ok(b) => b,
-        Err(_) => PrometheusBuilder::new(),
-    }
+    PrometheusBuilder::new()
+        .set_buckets(&LATENCY_BUCKETS)
+        .unwrap_or_else(|_| PrometheusBuilder::new())
 }
 
 /// The process-wide Prometheus recorder (installed once, shared by every server).
@@ -172,9 +170,9 @@ impl Server {
                 .await;
         });
 
-        // Thread-per-core: each worker thread runs its own single-threaded runtime with its
-        // own accept loop on a clone of the listening socket and its own upstream client, so
-        // a request never crosses threads.
+        // Thread-per-core (`server.workers` threads): each worker thread runs its own
+        // single-threaded runtime with its own accept loop on a clone of the listening socket
+        // and its own upstream client, so a request never crosses threads.
         let listener = self.public.into_std()?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut threads = Vec::with_capacity(workers);
