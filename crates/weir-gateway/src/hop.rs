@@ -28,7 +28,8 @@ pub fn strip(h: &mut HeaderMap) {
     if present == 0 {
         return;
     }
-    if h.contains_key(header::CONNECTION) {
+    if present & 1 != 0 {
+        // `Connection` (HOP_BY_HOP[0]) is there.
         // Headers the sender named in `Connection` are hop-by-hop too (even `close`). The
         // usual token, `keep-alive`, is removed below anyway: skipping it here keeps the
         // common case free of allocation.

@@ -6,7 +6,7 @@ mod support;
 
 use http::StatusCode;
 use std::time::Duration;
-use support::{client, config, json, start, temp_db};
+use support::{client, config, json, start, temp_db, with_server};
 
 const ECHO: &str = r#"
 [[routes]]
@@ -940,10 +940,7 @@ mod operations {
 
     #[tokio::test]
     async fn workers_setting_sizes_the_serving_threads_and_needs_a_restart() {
-        let text = config(ECHO, &temp_db("o4")).replace(
-            "shutdown_grace = \"5s\"",
-            "shutdown_grace = \"5s\"\nworkers = 1",
-        );
+        let text = with_server(&config(ECHO, &temp_db("o4")), "workers = 1");
         let cfg = weir_gateway::Config::parse(&text).expect("config");
         assert_eq!(cfg.workers, 1);
         let server = weir_gateway::Server::bind(cfg.clone(), None, None)
@@ -981,13 +978,17 @@ mod operations {
         assert_eq!(default.workers(), cores, "0 means one per core");
     }
 
-    /// Reads until the server closes the connection; `None` if it has not within 5 s.
-    async fn read_to_close(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    /// Reads until `done` holds for what arrived, or the server closes the connection;
+    /// `None` if neither happened within 5 s.
+    async fn read_until(
+        stream: &mut tokio::net::TcpStream,
+        done: impl Fn(&[u8]) -> bool,
+    ) -> Option<Vec<u8>> {
         use tokio::io::AsyncReadExt;
         let mut got = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(5), async {
             let mut buf = [0u8; 4096];
-            loop {
+            while !done(&got) {
                 match stream.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -998,12 +999,17 @@ mod operations {
         read.ok().map(|()| got)
     }
 
+    /// Reads until the server closes the connection; `None` if it has not within 5 s.
+    async fn read_to_close(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+        read_until(stream, |_| false).await
+    }
+
     #[tokio::test]
     async fn slow_and_idle_clients_are_disconnected_after_the_header_timeout() {
         use tokio::io::AsyncWriteExt;
-        let text = config(ECHO, &temp_db("o6")).replace(
-            "shutdown_grace = \"5s\"",
-            "shutdown_grace = \"5s\"\nheader_read_timeout = \"300ms\"",
+        let text = with_server(
+            &config(ECHO, &temp_db("o6")),
+            "header_read_timeout = \"300ms\"",
         );
         let gw = start(&text).await;
         // A head that never ends (slowloris).
@@ -1039,9 +1045,9 @@ mod operations {
     #[tokio::test]
     async fn a_buffered_body_that_stalls_gets_408() {
         use tokio::io::AsyncWriteExt;
-        let text = config(ECHO, &temp_db("o7")).replace(
-            "shutdown_grace = \"5s\"",
-            "shutdown_grace = \"5s\"\nbody_read_timeout = \"300ms\"",
+        let text = with_server(
+            &config(ECHO, &temp_db("o7")),
+            "body_read_timeout = \"300ms\"",
         );
         let gw = start(&text).await;
         // Without a length the body is buffered; the client sends one chunk and stops.
@@ -1057,19 +1063,11 @@ mod operations {
             .expect("write");
         // The answer comes while the connection is still open (the gateway drains what the
         // client may still send for a few seconds, then closes).
-        let mut got = Vec::new();
-        let answered = tokio::time::timeout(Duration::from_secs(5), async {
-            use tokio::io::AsyncReadExt;
-            let mut buf = [0u8; 4096];
-            while !got.windows(15).any(|w| w == b"REQUEST_TIMEOUT") {
-                match stalled.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-            }
+        let got = read_until(&mut stalled, |got| {
+            got.windows(15).any(|w| w == b"REQUEST_TIMEOUT")
         })
-        .await;
-        assert!(answered.is_ok(), "answered within 5 s");
+        .await
+        .expect("answered within 5 s");
         let text = String::from_utf8_lossy(&got);
         assert!(text.starts_with("HTTP/1.1 408"), "{text}");
         assert!(text.contains("REQUEST_TIMEOUT"), "{text}");

@@ -112,6 +112,11 @@ expires = "2020-01-01T00:00:00Z"
     )
 }
 
+/// `toml` with `line` added to its `[server]` section.
+pub fn with_server(toml: &str, line: &str) -> String {
+    toml.replacen("[server]\n", &format!("[server]\n{line}\n"), 1)
+}
+
 pub async fn start(toml: &str) -> Running {
     let config = Config::parse(toml).unwrap_or_else(|e| panic!("test config: {e}"));
     start_config(config).await
