@@ -76,7 +76,9 @@ impl AnyLimiter {
     ) -> Result<Decision, LimitError> {
         match self {
             AnyLimiter::Memory(l) => l.check_now(policy, req),
-            AnyLimiter::Redis(l) => l.check_with(policy, req).await,
+            // Boxed: the Redis round trip is a large future, and the embedded store
+            // (the default) needs none, so every request's future stays small.
+            AnyLimiter::Redis(l) => Box::pin(l.check_with(policy, req)).await,
         }
     }
 
@@ -589,7 +591,7 @@ impl Gateway {
                     .map_or(path, |p| p.as_str())
                     .to_owned();
                 let fp = idempotency::fingerprint(method.as_str(), &pq, &bytes);
-                match store.begin(&scope, &fp).await {
+                match Box::pin(store.begin(&scope, &fp)).await {
                     Ok(Begin::Proceed) => idem = Some((scope, fp)),
                     Ok(Begin::InProgress) => {
                         return Err(Refusal::code("IDEMPOTENCY_IN_PROGRESS")
@@ -623,10 +625,12 @@ impl Gateway {
             .forward(rt, ctx, route, key, parts, body, peer_text)
             .await;
         let resp = match (result, &idem) {
-            (Ok(resp), Some((scope, fp))) => self.remember(route, scope, fp, resp, rt).await,
+            (Ok(resp), Some((scope, fp))) => {
+                Box::pin(self.remember(route, scope, fp, resp, rt)).await
+            }
             (Ok(resp), None) => resp,
             (Err(refusal), Some((scope, _))) => {
-                self.forget(scope).await;
+                Box::pin(self.forget(scope)).await;
                 return Err(refusal);
             }
             (Err(refusal), None) => return Err(refusal),
@@ -637,7 +641,7 @@ impl Gateway {
             } else {
                 route.dialect
             };
-            return Ok(normalize(resp, dialect, &ctx.request_id).await);
+            return Ok(Box::pin(normalize(resp, dialect, &ctx.request_id)).await);
         }
         Ok(resp)
     }
@@ -707,7 +711,7 @@ impl Gateway {
         };
         // Read at most the limit; on overflow the rest stays in `body`, to be drained.
         let gap = rt.config.body_read_timeout;
-        let bytes = match read_up_to(b, limit, gap).await {
+        let bytes = match Box::pin(read_up_to(b, limit, gap)).await {
             Ok(bytes) => {
                 *body = None;
                 bytes

@@ -1,0 +1,732 @@
+//! HTTP/1.1 message framing for upstream exchanges (RFC 9112): the request head weir
+//! writes, the response head it reads, and how the response body is delimited.
+//!
+//! Pure functions over byte buffers, so they are unit-, property- and fuzz-tested without a
+//! socket. Parsing is `httparse` (hyper's own parser); this module adds what a proxy must
+//! decide from the parsed head: which framing wins when an upstream sends conflicting
+//! fields (the classic request-smuggling confusion), whether the connection may carry
+//! another request, and which interim (1xx) responses to skip.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+
+/// The largest response head accepted (status line and fields).
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most fields a response head may have.
+pub const MAX_HEADERS: usize = 128;
+/// The longest chunk-size line (size and extensions) or trailer line accepted.
+const MAX_LINE: usize = 4096;
+
+/// What is wrong with what an upstream sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The response head does not parse.
+    #[error("malformed response head: {0}")]
+    Head(httparse::Error),
+    /// The response head is larger than [`MAX_HEAD`].
+    #[error("the response head is larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    /// `Content-Length` is not one non-negative integer.
+    #[error("the response has an invalid Content-Length")]
+    ContentLength,
+    /// A chunked body is malformed.
+    #[error("malformed chunked response body: {0}")]
+    Chunk(&'static str),
+    /// The upstream answered with a status a proxy cannot pass on (101: weir does not
+    /// forward protocol upgrades).
+    #[error("the upstream answered {0}, which weir does not forward")]
+    Status(u16),
+    /// The connection ended before the message did.
+    #[error("the upstream closed the connection part-way through the response")]
+    Incomplete,
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A parsed final response head.
+#[derive(Debug)]
+pub struct Head {
+    /// Status, version and fields (as received, framing fields included).
+    pub response: http::Response<()>,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// Whether the connection may carry another request once this body has been read.
+    pub keep_alive: bool,
+}
+
+/// What [`parse_head`] found at the front of the buffer.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Not a whole head yet: read more.
+    Partial,
+    /// An interim (1xx) response, consumed: parse again for the final one.
+    Interim,
+    /// A final response head, consumed from the buffer.
+    Final(Head),
+}
+
+/// Parses the response head at the front of `buf` to a request made with `method`, and
+/// removes it from the buffer once complete. Field values share the buffer's memory.
+pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, ProtocolError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(ProtocolError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(ProtocolError::HeadTooLarge),
+        Err(e) => return Err(ProtocolError::Head(e)),
+    };
+    if len > MAX_HEAD {
+        return Err(ProtocolError::HeadTooLarge);
+    }
+    let code = parsed.code.unwrap_or(0);
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let status =
+        StatusCode::from_u16(code).map_err(|_| ProtocolError::Head(httparse::Error::Status))?;
+    if code == 101 {
+        return Err(ProtocolError::Status(101));
+    }
+    // Where each field lies in the head, so the values can share the frozen buffer.
+    let base = buf.as_ptr() as usize;
+    let spans: Vec<(usize, usize, usize, usize)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            let n = h.name.as_ptr() as usize - base;
+            let v = h.value.as_ptr() as usize - base;
+            (n, n + h.name.len(), v, v + h.value.len())
+        })
+        .collect();
+    let head = buf.split_to(len).freeze();
+    if status.is_informational() {
+        return Ok(Parsed::Interim);
+    }
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (ns, ne, vs, ve) in spans {
+        let name = HeaderName::from_bytes(&head[ns..ne])
+            .map_err(|_| ProtocolError::Head(httparse::Error::HeaderName))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| ProtocolError::Head(httparse::Error::HeaderValue))?;
+        headers.append(name, value);
+    }
+    let (framing, mut keep_alive) = framing(method, status, &headers)?;
+    keep_alive &= match version {
+        Version::HTTP_11 => !has_token(&headers, header::CONNECTION, "close"),
+        _ => has_token(&headers, header::CONNECTION, "keep-alive"),
+    };
+    let mut response = http::Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Parsed::Final(Head {
+        response,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// The body framing of a response (RFC 9112 §6.3), and whether it leaves the connection
+/// reusable as far as framing goes.
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<(Framing, bool), ProtocolError> {
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Empty, true));
+    }
+    if *method == Method::CONNECT && status.is_success() {
+        // A tunnel: weir does not forward one, and the connection is no longer HTTP.
+        return Ok((Framing::Empty, false));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Transfer-Encoding overrides Content-Length; a message with both is a smuggling
+        // attempt or a broken upstream, so its connection is not reused.
+        let chunked_last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .rfind(|t| !t.is_empty())
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+        let both = headers.contains_key(header::CONTENT_LENGTH);
+        return Ok(if chunked_last {
+            (Framing::Chunked, !both)
+        } else {
+            (Framing::UntilClose, false)
+        });
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let n = parse_decimal(part.trim_ascii()).ok_or(ProtocolError::ContentLength)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ProtocolError::ContentLength);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Empty, true),
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+/// `1*DIGIT` as a u64 (no sign, no spaces, no overflow).
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
+/// Whether a comma-separated field lists `token` (case-insensitively).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// How weir frames a request body it forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body and no framing field (e.g. a GET).
+    None,
+    /// `Content-Length` (0 for an empty POST, PUT or PATCH).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, for a body of unknown length.
+    Chunked,
+}
+
+/// Appends a request head to `out`. The framing fields come from `framing` alone — any
+/// `Content-Length` or `Transfer-Encoding` in `headers` is left out, so the upstream can
+/// never see framing that disagrees with the bytes that follow — and `host` is written
+/// when `headers` has no `Host`.
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    host: &str,
+    headers: &HeaderMap,
+    framing: RequestFraming,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !headers.contains_key(header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::None => {}
+        RequestFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One step of a chunked body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Body bytes.
+    Data(Bytes),
+    /// The body (and its trailer section, which is discarded) is complete.
+    End,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers(usize),
+    Done,
+}
+
+/// An incremental decoder of `Transfer-Encoding: chunked` (RFC 9112 §7.1): fed whatever
+/// has arrived, it hands out data as soon as it is there and never needs the whole body.
+#[derive(Debug, Clone)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        ChunkedDecoder {
+            state: ChunkState::Size,
+        }
+    }
+}
+
+impl ChunkedDecoder {
+    /// The next step from the front of `buf` (consumed), or `None` when more bytes are
+    /// needed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, ProtocolError> {
+        loop {
+            match self.state {
+                ChunkState::Done => return Ok(Some(Decoded::End)),
+                ChunkState::Size => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(None);
+                    };
+                    let size = parse_chunk_size(&line)?;
+                    self.state = if size == 0 {
+                        ChunkState::Trailers(0)
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let data = buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    self.state = if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                    return Ok(Some(Decoded::Data(data)));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        if buf.first().is_some_and(|b| *b != b'\r') {
+                            return Err(ProtocolError::Chunk("chunk data not followed by CRLF"));
+                        }
+                        return Ok(None);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(ProtocolError::Chunk("chunk data not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers(seen) => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(None);
+                    };
+                    if line.is_empty() {
+                        self.state = ChunkState::Done;
+                        return Ok(Some(Decoded::End));
+                    }
+                    let seen = seen + line.len();
+                    if seen > MAX_HEAD {
+                        return Err(ProtocolError::Chunk("trailer section too large"));
+                    }
+                    self.state = ChunkState::Trailers(seen);
+                }
+            }
+        }
+    }
+
+    /// Whether the terminating chunk and trailer section have been read.
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+}
+
+/// Takes one CRLF-terminated line (without the CRLF) from the front of `buf`.
+fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, ProtocolError> {
+    let Some(lf) = buf.iter().take(MAX_LINE + 2).position(|b| *b == b'\n') else {
+        if buf.len() > MAX_LINE + 1 {
+            return Err(ProtocolError::Chunk("line too long"));
+        }
+        return Ok(None);
+    };
+    if lf == 0 || buf[lf - 1] != b'\r' {
+        return Err(ProtocolError::Chunk("line not terminated by CRLF"));
+    }
+    let mut line = buf.split_to(lf + 1);
+    line.truncate(lf - 1);
+    Ok(Some(line))
+}
+
+/// `chunk-size [ chunk-ext ]`: hex digits, then optionally whitespace and `;` extensions
+/// (ignored).
+fn parse_chunk_size(line: &[u8]) -> Result<u64, ProtocolError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(ProtocolError::Chunk("no chunk size"));
+    }
+    if digits > 15 {
+        return Err(ProtocolError::Chunk("chunk size too large"));
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(ProtocolError::Chunk("invalid chunk size"));
+    }
+    Ok(line[..digits].iter().fold(0u64, |n, b| {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => b - b'A' + 10,
+        };
+        (n << 4) | u64::from(d)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, method: &Method) -> Result<Parsed, ProtocolError> {
+        parse_head(&mut BytesMut::from(raw), method)
+    }
+
+    fn final_head(raw: &str, method: &Method) -> Head {
+        match head(raw, method) {
+            Ok(Parsed::Final(h)) => h,
+            other => panic!("not a final head: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_head_is_consumed_and_the_body_stays() {
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: b\r\n\r\nok");
+        let Ok(Parsed::Final(h)) = parse_head(&mut buf, &Method::GET) else {
+            panic!("final");
+        };
+        assert_eq!(h.framing, Framing::Length(2));
+        assert!(h.keep_alive);
+        assert_eq!(h.response.headers()["x-a"], "b");
+        assert_eq!(&buf[..], b"ok");
+    }
+
+    #[test]
+    fn a_partial_head_asks_for_more_and_consumes_nothing() {
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\ncontent-le");
+        assert!(matches!(
+            parse_head(&mut buf, &Method::GET),
+            Ok(Parsed::Partial)
+        ));
+        assert_eq!(buf.len(), 27);
+    }
+
+    #[test]
+    fn interim_responses_are_skipped() {
+        let mut buf =
+            BytesMut::from("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n");
+        assert!(matches!(
+            parse_head(&mut buf, &Method::POST),
+            Ok(Parsed::Interim)
+        ));
+        let Ok(Parsed::Final(h)) = parse_head(&mut buf, &Method::POST) else {
+            panic!("final");
+        };
+        assert_eq!(h.response.status(), 204);
+        assert_eq!(h.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let f = |raw: &str, m: &Method| {
+            let h = final_head(raw, m);
+            (h.framing, h.keep_alive)
+        };
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                &Method::HEAD
+            ),
+            (Framing::Empty, true)
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n",
+                &Method::GET
+            ),
+            (Framing::Empty, true)
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                &Method::GET
+            ),
+            (Framing::Chunked, true)
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+                &Method::GET
+            ),
+            (Framing::UntilClose, false)
+        );
+        // Both: Transfer-Encoding wins and the connection is not reused.
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+                &Method::GET
+            ),
+            (Framing::Chunked, false)
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\n\r\n",
+                &Method::GET
+            ),
+            (Framing::Length(7), true)
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", &Method::GET),
+            (Framing::Empty, true)
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\n\r\n", &Method::GET),
+            (Framing::UntilClose, false)
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 1\r\n\r\n",
+                &Method::GET
+            ),
+            (Framing::Length(1), false)
+        );
+        assert_eq!(
+            f("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", &Method::GET),
+            (Framing::Length(1), false)
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n",
+                &Method::GET
+            ),
+            (Framing::Length(1), true)
+        );
+    }
+
+    #[test]
+    fn conflicting_or_malformed_lengths_are_errors() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 3, 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551616\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length:\r\n\r\n",
+        ] {
+            assert_eq!(
+                head(raw, &Method::GET).err(),
+                Some(ProtocolError::ContentLength),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_heads_are_typed_errors() {
+        assert!(matches!(
+            head("HTTP/1.1 2000 OK\r\n\r\n", &Method::GET),
+            Err(ProtocolError::Head(_))
+        ));
+        assert!(matches!(
+            head("SMTP ready\r\n\r\n", &Method::GET),
+            Err(ProtocolError::Head(_))
+        ));
+        assert_eq!(
+            head("HTTP/1.1 101 Switching Protocols\r\n\r\n", &Method::GET).err(),
+            Some(ProtocolError::Status(101))
+        );
+        let big = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD + 1));
+        assert_eq!(
+            head(&big, &Method::GET).err(),
+            Some(ProtocolError::HeadTooLarge)
+        );
+        let many = format!(
+            "HTTP/1.1 200 OK\r\n{}\r\n",
+            "x: y\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(
+            head(&many, &Method::GET).err(),
+            Some(ProtocolError::HeadTooLarge)
+        );
+    }
+
+    #[test]
+    fn the_request_head_owns_its_framing() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert("x-request-id", HeaderValue::from_static("abc"));
+        let mut out = Vec::new();
+        write_request_head(
+            &mut out,
+            &Method::POST,
+            "/v1/x?q=1",
+            "up:8080",
+            &headers,
+            RequestFraming::Length(3),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "POST /v1/x?q=1 HTTP/1.1\r\nhost: up:8080\r\nx-request-id: abc\r\ncontent-length: 3\r\n\r\n"
+        );
+        headers.insert(header::HOST, HeaderValue::from_static("given"));
+        out.clear();
+        write_request_head(
+            &mut out,
+            &Method::GET,
+            "/",
+            "up",
+            &headers,
+            RequestFraming::None,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "GET / HTTP/1.1\r\nx-request-id: abc\r\nhost: given\r\n\r\n"
+        );
+    }
+
+    fn decode_all(wire: &[u8], splits: &[usize]) -> Result<Vec<u8>, ProtocolError> {
+        let mut dec = ChunkedDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut fed = 0;
+        let mut cuts: Vec<usize> = splits.iter().map(|s| s % (wire.len() + 1)).collect();
+        cuts.push(wire.len());
+        cuts.sort_unstable();
+        for cut in cuts {
+            buf.extend_from_slice(&wire[fed..cut.max(fed)]);
+            fed = cut.max(fed);
+            while let Some(step) = dec.decode(&mut buf)? {
+                match step {
+                    Decoded::Data(d) => out.extend_from_slice(&d),
+                    Decoded::End => return Ok(out),
+                }
+            }
+        }
+        Err(ProtocolError::Incomplete)
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers() {
+        let wire = b"4;name=value\r\nWiki\r\n5 \r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nx-checksum: 1\r\n\r\n";
+        assert_eq!(
+            decode_all(wire, &[]).expect("decodes"),
+            b"Wikipedia in\r\n\r\nchunks."
+        );
+        for cut in 0..wire.len() {
+            assert_eq!(
+                decode_all(wire, &[cut, cut + 3]).expect("decodes in parts"),
+                b"Wikipedia in\r\n\r\nchunks."
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_chunks_are_errors() {
+        for wire in [
+            &b"zz\r\n"[..],
+            b"4\r\nWikiXX0\r\n\r\n",
+            b"4\nWiki\r\n0\r\n\r\n",
+            b"1000000000000000\r\n",
+            b"4 x\r\nWiki\r\n0\r\n\r\n",
+        ] {
+            assert!(
+                matches!(decode_all(wire, &[]), Err(ProtocolError::Chunk(_))),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        let long = format!("1;{}\r\n", "e".repeat(MAX_LINE + 10));
+        assert!(matches!(
+            decode_all(long.as_bytes(), &[]),
+            Err(ProtocolError::Chunk(_))
+        ));
+    }
+
+    proptest::proptest! {
+        /// Any data, cut into any chunk sizes and delivered in any pieces, decodes to itself
+        /// (the reference model: the concatenation of the chunks).
+        #[test]
+        fn chunked_round_trip(
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..2000),
+            sizes in proptest::collection::vec(1usize..300, 1..20),
+            splits in proptest::collection::vec(0usize..5000, 0..8),
+            upper in proptest::bool::ANY,
+        ) {
+            let mut wire = Vec::new();
+            let mut rest = &data[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = sizes[i % sizes.len()].min(rest.len());
+                let size = if upper { format!("{n:X}") } else { format!("{n:x}") };
+                wire.extend_from_slice(size.as_bytes());
+                if i % 3 == 1 {
+                    wire.extend_from_slice(b";ext=1");
+                }
+                wire.extend_from_slice(b"\r\n");
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+                i += 1;
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            proptest::prop_assert_eq!(decode_all(&wire, &splits).expect("decodes"), data);
+        }
+
+        /// Content-Length parses exactly the decimal numbers a u64 holds.
+        #[test]
+        fn content_length_matches_the_reference(n in proptest::num::u64::ANY, junk in "[ +-]?") {
+            let raw = format!("HTTP/1.1 200 OK\r\ncontent-length: {junk}{n}\r\n\r\n");
+            let got = head(&raw, &Method::GET).map(|p| match p {
+                Parsed::Final(h) => h.framing,
+                _ => Framing::Empty,
+            });
+            let want = if junk.trim().is_empty() {
+                Ok(if n == 0 { Framing::Empty } else { Framing::Length(n) })
+            } else {
+                Err(ProtocolError::ContentLength)
+            };
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! What an upstream sends back, as the proxy reads it: response heads (interim ones skipped)
+//! and the body in whatever framing the head chose, fed in pieces of the sizes the input
+//! picks. It may not panic or loop; a chunked body never yields more than was fed.
+#![no_main]
+use bytes::BytesMut;
+use http::Method;
+use libfuzzer_sys::fuzz_target;
+use weir_gateway::upstream::codec::{self, ChunkedDecoder, Decoded, Framing, Parsed};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let method = if first & 1 == 1 { Method::HEAD } else { Method::GET };
+    let step = usize::from(first >> 1).max(1);
+    let mut buf = BytesMut::new();
+    let mut pieces = rest.chunks(step);
+    let head = loop {
+        match codec::parse_head(&mut buf, &method) {
+            Ok(Parsed::Final(head)) => break head,
+            Ok(Parsed::Interim) => continue,
+            Ok(Parsed::Partial) => match pieces.next() {
+                Some(p) => buf.extend_from_slice(p),
+                None => return,
+            },
+            Err(_) => return,
+        }
+    };
+    if let Framing::Chunked = head.framing {
+        let mut decoder = ChunkedDecoder::default();
+        let mut fed = buf.len();
+        let mut out = 0usize;
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(Decoded::Data(d))) => {
+                    assert!(!d.is_empty());
+                    out += d.len();
+                    assert!(out <= fed);
+                }
+                Ok(Some(Decoded::End)) | Err(_) => return,
+                Ok(None) => match pieces.next() {
+                    Some(p) => {
+                        fed += p.len();
+                        buf.extend_from_slice(p);
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+});
