@@ -120,9 +120,39 @@ pub struct Gateway {
     demo_url: Option<String>,
 }
 
-/// A header value made from a string the gateway just built, without copying it.
+/// A header value made from a string the gateway just built, without copying it (and,
+/// for a string whose capacity is its length, without allocating).
 fn owned_value(s: String) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(Bytes::from(s)).ok()
+}
+
+/// An IP address as text, in one allocation of exactly its length (`to_string` grows its
+/// string while formatting, and a string with spare capacity costs a second allocation
+/// when it becomes a header value).
+fn ip_string(ip: IpAddr) -> String {
+    struct Stack {
+        buf: [u8; 64],
+        len: usize,
+    }
+    impl std::fmt::Write for Stack {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let end = self.len + s.len();
+            self.buf
+                .get_mut(self.len..end)
+                .ok_or(std::fmt::Error)?
+                .copy_from_slice(s.as_bytes());
+            self.len = end;
+            Ok(())
+        }
+    }
+    let mut out = Stack {
+        buf: [0; 64],
+        len: 0,
+    };
+    match std::fmt::Write::write_fmt(&mut out, format_args!("{ip}")) {
+        Ok(()) => String::from_utf8_lossy(&out.buf[..out.len]).into_owned(),
+        Err(_) => ip.to_string(),
+    }
 }
 
 thread_local! {
@@ -133,9 +163,9 @@ thread_local! {
 
 /// Per-request state that the response needs.
 struct Ctx {
-    request_id: String,
-    /// The same, as a header value (built once, sent upstream and back).
-    request_id_value: Option<HeaderValue>,
+    /// The request id as a header value: the caller's own (shared, not copied) or a new
+    /// one; sent upstream and back, and read as text by [`Ctx::id`].
+    request_id: HeaderValue,
     dialect: Dialect,
     /// Index of the matched route in the configuration.
     route: Option<usize>,
@@ -145,6 +175,13 @@ struct Ctx {
     /// The request has a body that was neither read nor forwarded: the connection cannot
     /// be reused, and the response must say so.
     body_unread: bool,
+}
+
+impl Ctx {
+    /// The request id as text (always valid: either checked or generated).
+    fn id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
 }
 
 /// A response, or a refusal still to be rendered.
@@ -174,12 +211,11 @@ fn format_name(media: &str) -> String {
 }
 
 /// A fresh request id: a random UUID, written without the formatting machinery.
-fn new_request_id() -> String {
+fn new_request_id() -> HeaderValue {
     let mut buf = uuid::Uuid::encode_buffer();
-    uuid::Uuid::new_v4()
-        .hyphenated()
-        .encode_lower(&mut buf)
-        .to_owned()
+    let id: &str = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    // Exactly as long as its capacity: the header value takes it without another allocation.
+    owned_value(id.to_owned()).unwrap_or(HeaderValue::from_static("-"))
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
@@ -303,9 +339,9 @@ impl Gateway {
         let request_id = req
             .headers()
             .get(names::X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| is_valid_request_id(v))
-            .map_or_else(new_request_id, str::to_owned);
+            .filter(|v| v.to_str().is_ok_and(is_valid_request_id))
+            .cloned()
+            .unwrap_or_else(new_request_id);
         let accept_problem = req
             .headers()
             .get_all(header::ACCEPT)
@@ -313,7 +349,6 @@ impl Gateway {
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.to_ascii_lowercase().contains("application/problem+json"));
         let mut ctx = Ctx {
-            request_id_value: HeaderValue::from_str(&request_id).ok(),
             request_id,
             dialect: rt.config.dialect,
             route: None,
@@ -336,17 +371,12 @@ impl Gateway {
         };
         let mut resp = match result {
             Ok(r) => r,
-            Err(refusal) => respond::render(
-                &refusal,
-                dialect,
-                &ctx.request_id,
-                &rt.config.error_type_base,
-            ),
+            Err(refusal) => {
+                respond::render(&refusal, dialect, ctx.id(), &rt.config.error_type_base)
+            }
         };
         let h = resp.headers_mut();
-        if let Some(v) = ctx.request_id_value.take() {
-            h.insert(names::X_REQUEST_ID, v);
-        }
+        h.insert(names::X_REQUEST_ID, ctx.request_id.clone());
         if ctx.body_unread {
             // Refused before the body was read: close, so no client reuses a connection
             // with an unread body on it.
@@ -369,7 +399,7 @@ impl Gateway {
             .request(ctx.route, status, code, elapsed.as_secs_f64());
         tracing::info!(
             target: "weir::access",
-            request_id = %ctx.request_id,
+            request_id = %ctx.id(),
             key_id = ctx.key_id.as_deref().unwrap_or("-"),
             route = %route,
             method = %method,
@@ -413,7 +443,7 @@ impl Gateway {
             Ok(d) => d,
             Err(e) => {
                 rt.metrics.decision(telemetry::Decided::Error);
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "rate-limit store unavailable");
+                tracing::warn!(request_id = %ctx.id(), error = %e, "rate-limit store unavailable");
                 return Err(Refusal::code("SERVICE_UNAVAILABLE")
                     .message("Rate limits cannot be checked right now.")
                     .hint("Retry after the advertised delay.")
@@ -475,7 +505,7 @@ impl Gateway {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .is_some_and(|n| n > 0);
         let ip: IpAddr = client_ip(peer.ip(), &parts.headers, &rt.config.trusted_proxies);
-        let ip_text = ip.to_string();
+        let ip_text = ip_string(ip);
         let method = parts.method.clone();
 
         // 2. Route and method.
@@ -619,7 +649,7 @@ impl Gateway {
         let peer_text = if ip == peer.ip() {
             ip_text
         } else {
-            peer.ip().to_string()
+            ip_string(peer.ip())
         };
         let result = self
             .forward(rt, ctx, route, key, parts, body, peer_text)
@@ -641,7 +671,7 @@ impl Gateway {
             } else {
                 route.dialect
             };
-            return Ok(Box::pin(normalize(resp, dialect, &ctx.request_id)).await);
+            return Ok(Box::pin(normalize(resp, dialect, ctx.id())).await);
         }
         Ok(resp)
     }
@@ -808,9 +838,7 @@ impl Gateway {
                 h.insert(name.clone(), value.clone());
             }
         }
-        if let Some(v) = &ctx.request_id_value {
-            h.insert(names::X_REQUEST_ID, v.clone());
-        }
+        h.insert(names::X_REQUEST_ID, ctx.request_id.clone());
         let incoming = h
             .get(names::TRACEPARENT)
             .and_then(|v| v.to_str().ok())
@@ -826,7 +854,13 @@ impl Gateway {
             h.insert(names::TRACEPARENT, v);
         }
         let xff = match h.get(names::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {peer_text}"),
+            Some(prev) => {
+                let mut s = String::with_capacity(prev.len() + 2 + peer_text.len());
+                s.push_str(prev);
+                s.push_str(", ");
+                s.push_str(&peer_text);
+                s
+            }
             None => peer_text,
         };
         if let Some(v) = owned_value(xff) {
@@ -836,6 +870,8 @@ impl Gateway {
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
         let body = match body {
+            // An empty body costs no allocation.
+            ReqBody::Buffered(b) if b.is_empty() => Body::empty(),
             ReqBody::Buffered(b) => Body::from(b),
             ReqBody::Streaming(b) => b,
         };
@@ -856,7 +892,7 @@ impl Gateway {
                 upstream.timeout
             ))),
             Ok(Err(e)) => {
-                tracing::warn!(request_id = %ctx.request_id, upstream = %route.upstream, error = %e, "upstream request failed");
+                tracing::warn!(request_id = %ctx.id(), upstream = %route.upstream, error = %e, "upstream request failed");
                 Err(Refusal::code("SERVICE_CONNECTION_LOST")
                     .message("The upstream service could not be reached or closed the connection."))
             }

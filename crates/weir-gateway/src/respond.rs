@@ -243,32 +243,45 @@ pub fn apply_limit_headers(h: &mut HeaderMap, decision: &Decision, names: &Field
     if !ietf || decision.limits.is_empty() {
         return;
     }
-    let mut policies = String::with_capacity(40 * decision.limits.len());
-    let mut items = String::with_capacity(40 * decision.limits.len());
+    // Written into per-thread scratch strings and copied once into each header value: one
+    // allocation per field instead of a string and a shared buffer.
+    SCRATCH.with_borrow_mut(|(policies, items)| {
+        policies.clear();
+        items.clear();
+        write_fields(policies, items, decision, names);
+        if let (Ok(p), Ok(l)) = (
+            HeaderValue::from_str(policies),
+            HeaderValue::from_str(items),
+        ) {
+            h.insert(names::RATELIMIT_POLICY, p);
+            h.insert(names::RATELIMIT, l);
+        }
+    });
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<(String, String)> =
+        std::cell::RefCell::new((String::with_capacity(256), String::with_capacity(256)));
+}
+
+/// The `RateLimit-Policy` and `RateLimit` field values of `decision`.
+fn write_fields(
+    policies: &mut String,
+    items: &mut String,
+    decision: &Decision,
+    names: &FieldNames,
+) {
     for s in &decision.limits {
         let Some(Some(name)) = names.names.get(s.index) else {
             continue;
         };
         if s.is_concurrency() {
-            ratelimit::write_policy_item(
-                &mut policies,
-                name,
-                s.limit,
-                names.concurrent.as_ref(),
-                None,
-            );
-            ratelimit::write_limit_item(&mut items, name, s.remaining, None);
+            ratelimit::write_policy_item(policies, name, s.limit, names.concurrent.as_ref(), None);
+            ratelimit::write_limit_item(items, name, s.remaining, None);
         } else {
-            ratelimit::write_policy_item(&mut policies, name, s.limit, None, Some(s.window_secs));
+            ratelimit::write_policy_item(policies, name, s.limit, None, Some(s.window_secs));
             let reset = weir_limit::clock::ceil_secs(s.reset_after_ns);
-            ratelimit::write_limit_item(&mut items, name, s.remaining, Some(reset));
+            ratelimit::write_limit_item(items, name, s.remaining, Some(reset));
         }
-    }
-    if let (Ok(p), Ok(l)) = (
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(policies)),
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(items)),
-    ) {
-        h.insert(names::RATELIMIT_POLICY, p);
-        h.insert(names::RATELIMIT, l);
     }
 }

@@ -14,6 +14,8 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Versi
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most fields a response head may have.
 pub const MAX_HEADERS: usize = 128;
+/// Fields a proxy typically adds to a response (request id, five rate-limit fields, a spare).
+const FIELDS_ADDED: usize = 8;
 /// The longest chunk-size line (size and extensions) or trailer line accepted.
 const MAX_LINE: usize = 4096;
 
@@ -106,7 +108,7 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
     }
     // Where each field lies in the head, so the values can share the frozen buffer.
     let base = buf.as_ptr() as usize;
-    let spans: Vec<(usize, usize, usize, usize)> = parsed
+    let spans: smallvec::SmallVec<[(usize, usize, usize, usize); 24]> = parsed
         .headers
         .iter()
         .map(|h| {
@@ -119,7 +121,9 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
     if status.is_informational() {
         return Ok(Parsed::Interim);
     }
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the fields the gateway adds (request id, rate-limit fields), so they never
+    // regrow the map.
+    let mut headers = HeaderMap::with_capacity(spans.len() + FIELDS_ADDED);
     for (ns, ne, vs, ve) in spans {
         let name = HeaderName::from_bytes(&head[ns..ne])
             .map_err(|_| ProtocolError::Head(httparse::Error::HeaderName))?;
