@@ -413,3 +413,17 @@ async fn an_upstream_that_closes_without_answering_is_a_typed_error() {
         .expect_err("closed");
     assert!(err.to_string().contains("without answering"), "{err}");
 }
+
+#[tokio::test]
+async fn a_connection_with_bytes_past_its_response_is_not_reused() {
+    // Two bytes more than the response's length: whatever they are, the connection is
+    // out of step and must not carry the next request.
+    let (addr, accepted, _) =
+        raw_upstream(|_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokXX".to_vec()).await;
+    let pool = UpstreamPool::new();
+    for n in 1..=2 {
+        let resp = pool.send(get(&addr, "/")).await.expect("response");
+        assert_eq!(text(resp).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), n);
+    }
+}

@@ -53,14 +53,11 @@ impl UpstreamBody {
         }
     }
 
-    /// The body is over: the connection goes home if it may be reused and holds nothing
-    /// unread.
+    /// The body is over: the connection goes home if it may be reused.
     fn finish(&mut self) {
         self.left = Left::Done;
         if let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) {
-            if conn.read.is_empty() {
-                home.put_back(conn);
-            }
+            home.put_back(conn);
         }
     }
 

@@ -39,6 +39,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::io::Write as _;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -161,8 +162,13 @@ struct Home {
 }
 
 impl Home {
-    /// Shelves `conn` for the next request, dropping expired connections from the front.
+    /// Shelves `conn` for the next request, dropping expired connections from the front;
+    /// a connection holding bytes nobody asked for (the upstream sent more than its
+    /// response) is closed instead.
     fn put_back(&self, conn: Conn) {
+        if !conn.read.is_empty() {
+            return;
+        }
         let Some(shelves) = self.shelves.upgrade() else {
             return;
         };
@@ -309,7 +315,7 @@ impl UpstreamPool {
         let (parts, ()) = head.response.into_parts();
         let body = match head.framing {
             Framing::Empty => {
-                if head.keep_alive && conn.read.is_empty() {
+                if head.keep_alive {
                     home.put_back(conn);
                 }
                 Body::empty()
@@ -317,7 +323,7 @@ impl UpstreamPool {
             Framing::Length(n) if conn.read.len() as u64 >= n => {
                 // The whole body came with the head: one buffer, the connection free now.
                 let whole: Bytes = conn.read.split_to(n as usize).freeze();
-                if head.keep_alive && conn.read.is_empty() {
+                if head.keep_alive {
                     home.put_back(conn);
                 }
                 Body::from(whole)
@@ -403,8 +409,8 @@ async fn write_body(
                 }
             }
             if chunked {
-                conn.write
-                    .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                // Writing to a Vec cannot fail.
+                let _ = write!(conn.write, "{:x}\r\n", data.len());
             }
             if conn.write.len() + data.len() <= WRITE_BATCH {
                 conn.write.extend_from_slice(&data);
