@@ -4,6 +4,7 @@
 //!
 //! `docs/configuration.md` documents every key with its default.
 
+use crate::balance::BalanceMode;
 use crate::identity::{ApiKey, KeyHash};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -76,6 +77,8 @@ struct RawServer {
     error_type_base: String,
     #[serde(default)]
     workers: usize,
+    #[serde(default = "default_balance")]
+    connection_balance: String,
     #[serde(default = "default_header_timeout")]
     header_read_timeout: String,
     #[serde(default = "default_body_timeout")]
@@ -93,6 +96,7 @@ impl Default for RawServer {
             shutdown_grace: default_grace(),
             error_type_base: default_error_doc(),
             workers: 0,
+            connection_balance: default_balance(),
             header_read_timeout: default_header_timeout(),
             body_read_timeout: default_body_timeout(),
         }
@@ -104,6 +108,9 @@ fn default_listen() -> String {
 }
 fn default_admin() -> String {
     "127.0.0.1:9090".into()
+}
+fn default_balance() -> String {
+    "least-connections".into()
 }
 fn yes() -> bool {
     true
@@ -470,6 +477,8 @@ pub struct Config {
     pub error_type_base: String,
     /// Worker threads serving the public listener; 0 means one per available core.
     pub workers: usize,
+    /// How accepted connections are spread over the workers.
+    pub connection_balance: BalanceMode,
     /// How long a client may take to send a request's head, and how long a kept-alive
     /// connection may sit idle before the next one (slow or idle clients cannot pin
     /// connections forever).
@@ -945,6 +954,15 @@ impl Config {
             shutdown_grace: duration("server.shutdown_grace", &s.shutdown_grace)?,
             error_type_base: s.error_type_base.clone(),
             workers: workers("server.workers", s.workers)?,
+            connection_balance: BalanceMode::parse(&s.connection_balance).ok_or_else(|| {
+                err(
+                    "server.connection_balance",
+                    format!(
+                        "unknown value {:?}; use \"least-connections\" or \"none\"",
+                        s.connection_balance
+                    ),
+                )
+            })?,
             header_read_timeout: nonzero("server.header_read_timeout", &s.header_read_timeout)?,
             body_read_timeout: nonzero("server.body_read_timeout", &s.body_read_timeout)?,
             store,
@@ -994,6 +1012,16 @@ mod tests {
         let e =
             Config::parse("[server]\nshutdown_grace = \"9999999999999s\"\n").expect_err("too long");
         assert_eq!(e.path, "server.shutdown_grace");
+        let e = Config::parse("[server]\nconnection_balance = \"random\"\n")
+            .expect_err("unknown balance");
+        assert_eq!(e.path, "server.connection_balance");
+        assert!(e.message.contains("least-connections"), "{e}");
+        let ok = Config::parse("[server]\nconnection_balance = \"none\"\n").expect("none");
+        assert_eq!(ok.connection_balance, BalanceMode::None);
+        assert_eq!(
+            Config::parse("").expect("defaults").connection_balance,
+            BalanceMode::LeastConnections
+        );
         let e = Config::parse("[server]\nworkers = 100000\n").expect_err("too many workers");
         assert_eq!(e.path, "server.workers");
         assert!(e.message.contains("1024"), "{e}");

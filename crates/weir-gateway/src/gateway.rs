@@ -24,7 +24,7 @@ use crate::idempotency::{self, Begin, Idempotency, IdempotencyStore, StoredRespo
 use crate::identity::{self, ApiKey, AuthFailure};
 use crate::respond::{self, names, Refusal};
 use crate::telemetry;
-use crate::upstream::UpstreamPool;
+use crate::upstream::{Rewrite, UpstreamPool};
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use bytes::Bytes;
@@ -303,9 +303,9 @@ impl Gateway {
                 "server.listen and server.admin_listen change only on restart".into(),
             ));
         }
-        if o.workers != config.workers {
+        if o.workers != config.workers || o.connection_balance != config.connection_balance {
             return Err(GatewayError::Reload(
-                "server.workers changes only on restart".into(),
+                "server.workers and server.connection_balance change only on restart".into(),
             ));
         }
         if o.store != config.store {
@@ -541,7 +541,7 @@ impl Gateway {
             match identity::authenticate(
                 &rt.config.keys,
                 identity::presented_key(&parts.headers),
-                SystemTime::now(),
+                SystemTime::now,
             ) {
                 Ok(k) => Some(k),
                 Err(failure) => {
@@ -804,7 +804,10 @@ impl Gateway {
         ) else {
             return Err(Refusal::code("SERVICE_UNAVAILABLE").retry_after(1));
         };
-        let probe = match breaker.admit(Instant::now()) {
+        // One clock reading serves the breaker, the upstream latency and the deadline: the
+        // few microseconds of header work in between do not matter at these scales.
+        let started = Instant::now();
+        let probe = match breaker.admit(started) {
             Admission::Allowed { probe } => probe,
             Admission::Open { retry_after } => {
                 let secs = weir_limit::clock::ceil_secs(
@@ -821,24 +824,10 @@ impl Gateway {
                 Refusal::code("REQUEST_MALFORMED").message("The request path cannot be forwarded.")
             );
         };
-        let h = &mut parts.headers;
-        crate::hop::strip(h);
-        h.remove(header::HOST);
-        h.remove(header::AUTHORIZATION);
-        h.remove(names::X_API_KEY);
-        let spoofing = |k: &HeaderName| k.as_str().starts_with("x-weir-");
-        if h.keys().any(spoofing) {
-            let spoofed: Vec<HeaderName> = h.keys().filter(|k| spoofing(k)).cloned().collect();
-            for k in spoofed {
-                h.remove(k);
-            }
-        }
-        if let Some(k) = key {
-            for (name, value) in &k.upstream_headers {
-                h.insert(name.clone(), value.clone());
-            }
-        }
-        h.insert(names::X_REQUEST_ID, ctx.request_id.clone());
+        // Hop-by-hop fields leave the map (usually a scan that finds none); the fields weir
+        // replaces or keeps private are skipped, and its own added, as the head is written.
+        crate::hop::strip(&mut parts.headers);
+        let h = &parts.headers;
         let incoming = h
             .get(names::TRACEPARENT)
             .and_then(|v| v.to_str().ok())
@@ -847,12 +836,6 @@ impl Gateway {
         let trace = incoming
             .and_then(|t| t.child(span))
             .or_else(|| TraceParent::new(random_bytes(), span, 1));
-        h.remove(names::TRACESTATE)
-            .filter(|_| incoming.is_some())
-            .and_then(|ts| h.insert(names::TRACESTATE, ts));
-        if let Some(v) = trace.and_then(|t| owned_value(t.to_header_value())) {
-            h.insert(names::TRACEPARENT, v);
-        }
         let xff = match h.get(names::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) => {
                 let mut s = String::with_capacity(prev.len() + 2 + peer_text.len());
@@ -863,10 +846,25 @@ impl Gateway {
             }
             None => peer_text,
         };
-        if let Some(v) = owned_value(xff) {
-            h.insert(names::X_FORWARDED_FOR, v);
+        let mut added: smallvec::SmallVec<[(HeaderName, HeaderValue); 4]> =
+            smallvec::SmallVec::new();
+        added.push((names::X_REQUEST_ID, ctx.request_id.clone()));
+        if let Some(v) = trace.and_then(|t| owned_value(t.to_header_value())) {
+            added.push((names::TRACEPARENT, v));
         }
-        h.insert(names::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        if let Some(v) = owned_value(xff) {
+            added.push((names::X_FORWARDED_FOR, v));
+        }
+        added.push((names::X_FORWARDED_PROTO, HeaderValue::from_static("http")));
+        let rewrite = Rewrite {
+            // `tracestate` belongs to the caller's trace: it goes on only with that trace.
+            skip: if incoming.is_some() {
+                replaced
+            } else {
+                replaced_or_tracestate
+            },
+            add: [key.map_or(&[][..], |k| &k.upstream_headers[..]), &added[..]],
+        };
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
         let body = match body {
@@ -876,15 +874,18 @@ impl Gateway {
             ReqBody::Streaming(b) => b,
         };
         let out = Request::from_parts(parts, body);
-        let started = Instant::now();
         let pool = WORKER_POOL
             .with(|c| c.get().cloned())
             .unwrap_or_else(|| self.pool.clone());
         // The upstream answers (the head) within its timeout, and then never pauses longer
         // than that between two parts of the body.
-        let sent =
-            tokio::time::timeout(upstream.timeout, pool.send_bounded(out, upstream.timeout)).await;
-        let elapsed = started.elapsed();
+        let sent = tokio::time::timeout_at(
+            (started + upstream.timeout).into(),
+            pool.send_rewritten(out, &rewrite, upstream.timeout),
+        )
+        .await;
+        let answered = Instant::now();
+        let elapsed = answered.saturating_duration_since(started);
         ctx.upstream_ms = Some(elapsed.as_secs_f64() * 1e3);
         let result = match sent {
             Err(_) => Err(Refusal::code("UPSTREAM_TIMEOUT").message(format!(
@@ -903,7 +904,7 @@ impl Gateway {
             }
         };
         let success = matches!(&result, Ok(r) if r.status().as_u16() < 500);
-        breaker.record(Instant::now(), success, probe);
+        breaker.record(answered, success, probe);
         rt.metrics.upstream(
             &route.upstream,
             elapsed.as_secs_f64(),
@@ -969,6 +970,27 @@ impl Gateway {
             }
         }
     }
+}
+
+/// Client fields the upstream never gets as sent: the credentials and the `Host` (the
+/// upstream's own is written), `x-weir-*` (only weir speaks for the caller's identity, so a
+/// client cannot pose as another key), and the fields weir writes itself.
+fn replaced(name: &HeaderName) -> bool {
+    if *name == header::HOST || *name == header::AUTHORIZATION {
+        return true;
+    }
+    let s = name.as_str();
+    s.starts_with("x-weir-")
+        || matches!(
+            s,
+            "x-api-key" | "x-request-id" | "traceparent" | "x-forwarded-for" | "x-forwarded-proto"
+        )
+}
+
+/// [`replaced`], and `tracestate` (when the caller's `traceparent` is not valid, weir starts
+/// a new trace and the caller's trace state does not belong to it).
+fn replaced_or_tracestate(name: &HeaderName) -> bool {
+    replaced(name) || name.as_str() == "tracestate"
 }
 
 fn replay(stored: StoredResponse, key: &str) -> Response<Body> {

@@ -232,36 +232,72 @@ impl FieldNames {
 /// for every limit checked (written directly, without a serialiser: this runs on every
 /// response).
 pub fn apply_limit_headers(h: &mut HeaderMap, decision: &Decision, names: &FieldNames, ietf: bool) {
-    if let Some(s) = decision.limiting_status() {
-        h.insert(names::X_RATELIMIT_LIMIT, HeaderValue::from(s.limit));
-        h.insert(names::X_RATELIMIT_REMAINING, HeaderValue::from(s.remaining));
-        h.insert(
-            names::X_RATELIMIT_RESET,
-            HeaderValue::from(decision.reset_unix(s)),
-        );
-    }
-    if !ietf || decision.limits.is_empty() {
-        return;
-    }
-    // Written into per-thread scratch strings and copied once into each header value: one
-    // allocation per field instead of a string and a shared buffer.
-    SCRATCH.with_borrow_mut(|(policies, items)| {
+    MEMO.with_borrow_mut(|memo| {
+        if let Some(s) = decision.limiting_status() {
+            h.insert(names::X_RATELIMIT_LIMIT, memo.limit.get(s.limit));
+            h.insert(names::X_RATELIMIT_REMAINING, HeaderValue::from(s.remaining));
+            h.insert(
+                names::X_RATELIMIT_RESET,
+                memo.reset.get(decision.reset_unix(s)),
+            );
+        }
+        if !ietf || decision.limits.is_empty() {
+            return;
+        }
+        // Written into per-thread scratch strings. The policy is usually the one the
+        // previous response of this thread sent: its value is then shared, not copied.
+        let Memo {
+            policies,
+            items,
+            policy_value,
+            ..
+        } = memo;
         policies.clear();
         items.clear();
         write_fields(policies, items, decision, names);
-        if let (Ok(p), Ok(l)) = (
-            HeaderValue::from_str(policies),
-            HeaderValue::from_str(items),
-        ) {
+        let policy = match policy_value {
+            Some((text, v)) if text == policies => Some(v.clone()),
+            _ => HeaderValue::from_str(policies).ok().inspect(|v| {
+                *policy_value = Some((policies.clone(), v.clone()));
+            }),
+        };
+        if let (Some(p), Ok(l)) = (policy, HeaderValue::from_str(items)) {
             h.insert(names::RATELIMIT_POLICY, p);
             h.insert(names::RATELIMIT, l);
         }
     });
 }
 
+/// The value of a number field, kept while the number repeats (a limit's size on every
+/// response, a reset time for a second).
+#[derive(Default)]
+struct NumberValue(Option<(u64, HeaderValue)>);
+
+impl NumberValue {
+    fn get(&mut self, n: u64) -> HeaderValue {
+        match &self.0 {
+            Some((m, v)) if *m == n => v.clone(),
+            _ => {
+                let v = HeaderValue::from(n);
+                self.0 = Some((n, v.clone()));
+                v
+            }
+        }
+    }
+}
+
+/// Per-thread scratch space and the last values built from it.
+#[derive(Default)]
+struct Memo {
+    policies: String,
+    items: String,
+    policy_value: Option<(String, HeaderValue)>,
+    limit: NumberValue,
+    reset: NumberValue,
+}
+
 thread_local! {
-    static SCRATCH: std::cell::RefCell<(String, String)> =
-        std::cell::RefCell::new((String::with_capacity(256), String::with_capacity(256)));
+    static MEMO: std::cell::RefCell<Memo> = std::cell::RefCell::new(Memo::default());
 }
 
 /// The `RateLimit-Policy` and `RateLimit` field values of `decision`.
@@ -282,6 +318,62 @@ fn write_fields(
             ratelimit::write_policy_item(policies, name, s.limit, None, Some(s.window_secs));
             let reset = weir_limit::clock::ceil_secs(s.reset_after_ns);
             ratelimit::write_limit_item(items, name, s.remaining, Some(reset));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_limit::{LimitStatus, LimitVerdict, Outcome};
+
+    /// A decision over `(limit index, window s, limit, remaining)`, the first limiting.
+    fn decision(now_s: u64, limits: &[(usize, u64, u64, u64)]) -> Decision {
+        Decision {
+            outcome: Outcome::Admitted,
+            retry_after: std::time::Duration::ZERO,
+            now: now_s * 1_000_000_000,
+            limits: limits
+                .iter()
+                .map(|&(index, window_secs, limit, remaining)| LimitStatus {
+                    index,
+                    window_secs,
+                    limit,
+                    remaining,
+                    reset_after_ns: window_secs * 1_000_000_000,
+                    verdict: LimitVerdict::Ok,
+                })
+                .collect(),
+            limiting: Some(0),
+            permit: None,
+            degraded: false,
+        }
+    }
+
+    #[test]
+    fn values_kept_from_earlier_responses_never_go_stale() {
+        let names = FieldNames {
+            names: vec![QuotedName::new("a").ok(), QuotedName::new("b").ok()],
+            concurrent: QuotedName::new("concurrent-requests").ok(),
+        };
+        let one = decision(100, &[(0, 60, 10, 9)]);
+        let two = decision(100, &[(0, 60, 10, 8), (1, 10, 5, 4)]);
+        let bigger = decision(101, &[(0, 60, 20, 3)]);
+        let later = decision(102, &[(0, 60, 20, 2)]);
+        for d in [&one, &two, &one, &bigger, &bigger, &later, &one] {
+            let mut h = HeaderMap::new();
+            apply_limit_headers(&mut h, d, &names, true);
+            let (mut policies, mut items) = (String::new(), String::new());
+            write_fields(&mut policies, &mut items, d, &names);
+            let s = &d.limits[0];
+            assert_eq!(h["ratelimit-policy"], policies.as_str());
+            assert_eq!(h["ratelimit"], items.as_str());
+            assert_eq!(h["x-ratelimit-limit"], s.limit.to_string().as_str());
+            assert_eq!(h["x-ratelimit-remaining"], s.remaining.to_string().as_str());
+            assert_eq!(
+                h["x-ratelimit-reset"],
+                (d.now / 1_000_000_000 + s.window_secs).to_string().as_str()
+            );
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Listeners: the public proxy and the admin endpoints (`/healthz`, `/readyz`,
 //! `/metrics`), with graceful shutdown that drains in-flight requests.
 
+use crate::balance::{Assigned, Balancer, Handoff, Slot};
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayError};
 use axum::body::Body;
@@ -14,7 +15,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
 /// Bucket upper bounds (seconds) of every latency histogram: true Prometheus histograms,
 /// which (unlike summaries) can be aggregated across instances.
@@ -53,6 +55,8 @@ pub struct Server {
     admin: TcpListener,
     grace: Duration,
     workers: usize,
+    balancer: Arc<Balancer>,
+    inboxes: Vec<mpsc::UnboundedReceiver<Handoff>>,
     draining: Arc<AtomicBool>,
 }
 
@@ -67,8 +71,13 @@ impl Server {
         let public_addr = listen.unwrap_or(config.listen);
         let admin_addr = admin.unwrap_or(config.admin_listen);
         let grace = config.shutdown_grace;
-        let workers = config.workers;
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        };
+        // The recorder first: the balancer registers its gauges.
         let _ = metrics_handle();
+        let (balancer, inboxes) = Balancer::new(workers, config.connection_balance);
         let public = TcpListener::bind(public_addr).await?;
         let admin = TcpListener::bind(admin_addr).await?;
         let mut config = config;
@@ -81,6 +90,8 @@ impl Server {
             admin,
             grace,
             workers,
+            balancer,
+            inboxes,
             draining: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -102,10 +113,12 @@ impl Server {
     /// How many worker threads will serve the public listener (`server.workers`, with 0
     /// resolved to the available cores).
     pub fn workers(&self) -> usize {
-        match self.workers {
-            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-            n => n,
-        }
+        self.workers
+    }
+
+    /// The connection counts of the worker threads (see [`crate::balance`]).
+    pub fn balancer(&self) -> Arc<Balancer> {
+        self.balancer.clone()
     }
 
     /// The gateway (for reloads).
@@ -172,13 +185,20 @@ impl Server {
 
         // Thread-per-core (`server.workers` threads): each worker thread runs its own
         // single-threaded runtime with its own accept loop on a clone of the listening socket
-        // and its own upstream client, so a request never crosses threads.
+        // and its own upstream client, so a request never crosses threads. The balancer
+        // moves a freshly accepted connection to a less busy worker (see `balance`).
         let listener = self.public.into_std()?;
+        let (balancer, inboxes) = (self.balancer, self.inboxes);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut threads = Vec::with_capacity(workers);
-        for n in 0..workers {
+        for (n, inbox) in inboxes.into_iter().enumerate() {
             let l = listener.try_clone()?;
-            let gateway = self.gateway.clone();
+            let worker = Worker {
+                index: n,
+                gateway: self.gateway.clone(),
+                balancer: balancer.clone(),
+                graceful: hyper_util::server::graceful::GracefulShutdown::new(),
+            };
             let mut stop = stop_rx.clone();
             let grace = self.grace;
             threads.push(
@@ -200,20 +220,22 @@ impl Server {
                                 tracing::error!("could not register the listener");
                                 return;
                             };
-                            serve_connections(
-                                listener,
-                                gateway,
-                                async move {
-                                    let _ = stop.wait_for(|s| *s).await;
-                                },
-                                grace,
-                            )
-                            .await;
+                            worker
+                                .run(
+                                    listener,
+                                    inbox,
+                                    async move {
+                                        let _ = stop.wait_for(|s| *s).await;
+                                    },
+                                    grace,
+                                )
+                                .await;
                         });
                     })
                     .map_err(GatewayError::Io)?,
             );
         }
+        drop(balancer);
         drop(listener);
         shutdown.await;
         self.draining.store(true, Ordering::SeqCst);
@@ -235,53 +257,92 @@ impl Server {
     }
 }
 
-/// One worker's accept loop: serves connections until `stop`, then drains them (at most
-/// `grace`) and returns.
-async fn serve_connections(
-    listener: TcpListener,
+/// One worker thread's share of the public listener.
+struct Worker {
+    index: usize,
     gateway: Arc<Gateway>,
-    stop: impl Future<Output = ()>,
-    grace: Duration,
-) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut stop = std::pin::pin!(stop);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
+    balancer: Arc<Balancer>,
+    graceful: hyper_util::server::graceful::GracefulShutdown,
+}
+
+impl Worker {
+    /// Accepts connections (and takes those other workers hand over) until `stop`, then
+    /// drains them (at most `grace`) and returns.
+    async fn run(
+        self,
+        listener: TcpListener,
+        mut inbox: mpsc::UnboundedReceiver<Handoff>,
+        stop: impl Future<Output = ()>,
+        grace: Duration,
+    ) {
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    match self.balancer.assign(self.index) {
+                        Assigned::Keep(slot) => self.serve(stream, peer, slot),
+                        Assigned::Move(to, slot) => match stream.into_std() {
+                            Ok(stream) => {
+                                if !self.balancer.hand_off(Handoff { stream, peer, slot }) {
+                                    tracing::debug!(worker = to, "worker stopped; connection closed");
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, "could not hand a connection over"),
+                        },
                     }
-                };
-                let _ = stream.set_nodelay(true);
-                // Read per connection, so a reload applies to new connections.
-                let header_timeout = gateway.runtime().config.header_read_timeout;
-                let gateway = gateway.clone();
-                let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                    let gateway = gateway.clone();
-                    async move { Ok::<_, Infallible>(gateway.handle(req.map(Body::new), peer).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .keep_alive(true)
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout)
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
+                }
+                Some(h) = inbox.recv() => self.adopt(h),
+                () = &mut stop => break,
             }
-            () = &mut stop => break,
+        }
+        drop(listener);
+        // Connections handed over just before the stop are still served.
+        while let Ok(h) = inbox.try_recv() {
+            self.adopt(h);
+        }
+        tokio::select! {
+            () = self.graceful.shutdown() => tracing::info!("all connections drained"),
+            () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
         }
     }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+
+    /// Serves a connection another worker accepted.
+    fn adopt(&self, h: Handoff) {
+        match TcpStream::from_std(h.stream) {
+            Ok(stream) => self.serve(stream, h.peer, h.slot),
+            Err(e) => tracing::warn!(error = %e, "could not take over a connection"),
+        }
+    }
+
+    /// Serves one connection on this worker; `slot` counts it until it ends.
+    fn serve(&self, stream: TcpStream, peer: SocketAddr, slot: Slot) {
+        let _ = stream.set_nodelay(true);
+        // Read per connection, so a reload applies to new connections.
+        let header_timeout = self.gateway.runtime().config.header_read_timeout;
+        let gateway = self.gateway.clone();
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(gateway.handle(req.map(Body::new), peer).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = self.graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
     }
 }

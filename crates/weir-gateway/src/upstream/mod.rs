@@ -32,6 +32,7 @@ pub mod codec;
 use axum::body::Body;
 use body::UpstreamBody;
 use bytes::{Bytes, BytesMut};
+pub use codec::Rewrite;
 use codec::{Framing, Parsed, ProtocolError, RequestFraming};
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response};
@@ -239,7 +240,7 @@ impl UpstreamPool {
     /// Sends `req` (an absolute `http://` URI) and returns the response head with a
     /// streaming body.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
-        self.send_inner(req, None).await
+        self.send_inner(req, &Rewrite::NONE, None).await
     }
 
     /// As [`send`](Self::send), and the body ends with [`BodyError::Stalled`] (closing the
@@ -249,12 +250,24 @@ impl UpstreamPool {
         req: Request<Body>,
         body_stall: Duration,
     ) -> Result<Response<Body>, UpstreamError> {
-        self.send_inner(req, Some(body_stall)).await
+        self.send_inner(req, &Rewrite::NONE, Some(body_stall)).await
+    }
+
+    /// As [`send_bounded`](Self::send_bounded), with `rewrite` applied to the request's
+    /// fields as they are written.
+    pub async fn send_rewritten(
+        &self,
+        req: Request<Body>,
+        rewrite: &Rewrite<'_>,
+        body_stall: Duration,
+    ) -> Result<Response<Body>, UpstreamError> {
+        self.send_inner(req, rewrite, Some(body_stall)).await
     }
 
     async fn send_inner(
         &self,
         req: Request<Body>,
+        rewrite: &Rewrite<'_>,
         stall: Option<Duration>,
     ) -> Result<Response<Body>, UpstreamError> {
         let (parts, body) = req.into_parts();
@@ -287,6 +300,7 @@ impl UpstreamPool {
             target,
             authority.as_str(),
             &parts.headers,
+            rewrite,
             framing,
         );
         match framing {

@@ -42,6 +42,137 @@ per_plan = { free = 10, pro = 30, max = 60 }
 mod proxy {
     use super::*;
 
+    /// An upstream that answers every request with 200 and reports each request head it
+    /// got (lower-cased field lines, in order) on the channel.
+    async fn recording_upstream() -> (
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                            buf.drain(..end + 4);
+                            let _ =
+                                tx.send(head.split("\r\n").skip(1).map(str::to_owned).collect());
+                            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn the_upstream_gets_the_callers_fields_rewritten() {
+        let (up, mut heads) = recording_upstream().await;
+        let route = format!(
+            "[upstreams.raw]\nurl = \"http://{up}\"\n[[routes]]\nname = \"raw\"\nprefix = \"/v1/raw\"\nupstream = \"raw\"\n"
+        );
+        let gw = start(&config(&route, &temp_db("p0"))).await;
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let resp = client()
+            .get(gw.url("/v1/raw/a?b=1"))
+            .header("authorization", "Bearer free-secret")
+            .header("x-weir-organisation", "org-pro")
+            .header("x-weir-key-id", "k-pro")
+            .header("x-request-id", "req-1")
+            .header("traceparent", tp)
+            .header("tracestate", "a=1")
+            .header("tracestate", "b=2")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-proto", "https")
+            .header("x-custom", "kept")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let head = heads.recv().await.expect("a request");
+        let fields: Vec<&str> = head.iter().map(String::as_str).collect();
+        let named = |n: &str| -> Vec<&str> {
+            fields
+                .iter()
+                .filter_map(|f| f.strip_prefix(n).and_then(|v| v.strip_prefix(": ")))
+                .collect()
+        };
+        assert_eq!(named("host"), [up.to_string().as_str()], "{fields:?}");
+        assert!(
+            named("authorization").is_empty(),
+            "the key stays at the edge"
+        );
+        assert_eq!(
+            named("x-weir-organisation"),
+            ["org-free"],
+            "not the client's claim"
+        );
+        assert_eq!(named("x-weir-key-id"), ["k-free"]);
+        assert_eq!(named("x-weir-user"), ["u-free"]);
+        assert_eq!(named("x-weir-plan"), ["free"]);
+        assert_eq!(named("x-request-id"), ["req-1"]);
+        let parent = named("traceparent");
+        assert_eq!(parent.len(), 1);
+        assert!(parent[0].starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert_ne!(parent[0], tp, "weir's own span");
+        assert_eq!(
+            named("tracestate"),
+            ["a=1", "b=2"],
+            "every tracestate field goes on"
+        );
+        assert_eq!(named("x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
+        assert_eq!(named("x-forwarded-proto"), ["http"]);
+        assert_eq!(named("x-custom"), ["kept"]);
+
+        // A caller without a valid trace gets a new one, and its tracestate is dropped.
+        let resp = client()
+            .get(gw.url("/v1/raw"))
+            .header("x-api-key", "free-secret")
+            .header("traceparent", "garbage")
+            .header("tracestate", "a=1")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let head = heads.recv().await.expect("a request");
+        let fields: Vec<&str> = head.iter().map(String::as_str).collect();
+        assert!(
+            !fields.iter().any(|f| f.starts_with("tracestate")),
+            "{fields:?}"
+        );
+        assert!(
+            !fields.iter().any(|f| f.starts_with("x-api-key")),
+            "{fields:?}"
+        );
+        assert_eq!(
+            fields
+                .iter()
+                .filter(|f| f.starts_with("traceparent: 00-"))
+                .count(),
+            1,
+            "{fields:?}"
+        );
+    }
+
     #[tokio::test]
     async fn routes_by_prefix_and_drops_hop_by_hop_headers() {
         let gw = start(&config(ECHO, &temp_db("p1"))).await;
@@ -859,6 +990,10 @@ mod operations {
             m.contains("weir_limiter_decisions_total{outcome=\"admitted\"}"),
             "{m}"
         );
+        assert!(
+            m.contains("weir_worker_connections{worker=\"0\"}"),
+            "open connections per worker: {m}"
+        );
         // Latencies are true histograms (aggregatable across instances), not summaries.
         assert!(
             m.contains("# TYPE weir_upstream_latency_seconds histogram"),
@@ -966,6 +1101,18 @@ mod operations {
             .reload(changed)
             .expect_err("workers need a restart");
         assert!(e.to_string().contains("server.workers"), "{e}");
+        let mut changed = weir_gateway::Config::parse(
+            &text.replace("workers = 1", "workers = 1\nconnection_balance = \"none\""),
+        )
+        .expect("config");
+        changed.listen = gw.addr;
+        changed.admin_listen = gw.admin;
+        changed.idempotency = gw.gateway.runtime().config.idempotency.clone();
+        let e = gw
+            .gateway
+            .reload(changed)
+            .expect_err("the balance needs a restart");
+        assert!(e.to_string().contains("server.connection_balance"), "{e}");
 
         let default = weir_gateway::Server::bind(
             weir_gateway::Config::parse(&config(ECHO, &temp_db("o5"))).expect("config"),
@@ -976,6 +1123,47 @@ mod operations {
         .expect("bind");
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         assert_eq!(default.workers(), cores, "0 means one per core");
+    }
+
+    #[tokio::test]
+    async fn keep_alive_connections_are_spread_evenly_over_the_workers() {
+        use tokio::io::AsyncWriteExt;
+        let gw = start(&with_server(&config(ECHO, &temp_db("bal")), "workers = 2")).await;
+        let mut open = Vec::new();
+        for _ in 0..8 {
+            let mut s = tokio::net::TcpStream::connect(gw.addr)
+                .await
+                .expect("connect");
+            s.write_all(
+                b"GET /v1/echo HTTP/1.1\r\nhost: x\r\nauthorization: Bearer free-secret\r\n\r\n",
+            )
+            .await
+            .expect("write");
+            let got = read_until(&mut s, |b| b.windows(4).any(|w| w == b"\r\n\r\n"))
+                .await
+                .expect("an answer");
+            assert!(
+                got.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&got)
+            );
+            open.push(s);
+        }
+        // Every connection is served (those handed to the other worker included) and
+        // each worker holds half, whichever of them accepted the connections.
+        assert_eq!(gw.balancer.counts(), vec![4, 4]);
+        drop(open);
+        let freed = tokio::time::timeout(Duration::from_secs(5), async {
+            while gw.balancer.counts() != vec![0, 0] {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(
+            freed.is_ok(),
+            "closed connections are uncounted: {:?}",
+            gw.balancer.counts()
+        );
     }
 
     /// Reads until `done` holds for what arrived, or the server closes the connection;

@@ -8,6 +8,7 @@ pub struct Running {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub gateway: Arc<Gateway>,
+    pub balancer: Arc<weir_gateway::balance::Balancer>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -125,6 +126,7 @@ pub async fn start(toml: &str) -> Running {
 pub async fn start_config(config: Config) -> Running {
     let server = Server::bind(config, None, None).await.expect("bind");
     let (addr, admin, gateway) = (server.local_addr(), server.admin_addr(), server.gateway());
+    let balancer = server.balancer();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let _ = server
@@ -137,6 +139,7 @@ pub async fn start_config(config: Config) -> Running {
         addr,
         admin,
         gateway,
+        balancer,
         stop: Some(tx),
         task: Some(task),
     }
