@@ -162,14 +162,15 @@ thread_local! {
 }
 
 /// Per-request state that the response needs.
-struct Ctx {
+struct Ctx<'r> {
     /// The request id as a header value: the caller's own (shared, not copied) or a new
     /// one; sent upstream and back, and read as text by [`Ctx::id`].
     request_id: HeaderValue,
     dialect: Dialect,
     /// Index of the matched route in the configuration.
     route: Option<usize>,
-    key_id: Option<String>,
+    /// The caller's key id, borrowed from the configuration the request runs under.
+    key_id: Option<&'r str>,
     decision: Option<Decision>,
     upstream_ms: Option<f64>,
     /// The request has a body that was neither read nor forwarded: the connection cannot
@@ -177,7 +178,7 @@ struct Ctx {
     body_unread: bool,
 }
 
-impl Ctx {
+impl Ctx<'_> {
     /// The request id as text (always valid: either checked or generated).
     fn id(&self) -> &str {
         self.request_id.to_str().unwrap_or("-")
@@ -400,7 +401,7 @@ impl Gateway {
         tracing::info!(
             target: "weir::access",
             request_id = %ctx.id(),
-            key_id = ctx.key_id.as_deref().unwrap_or("-"),
+            key_id = ctx.key_id.unwrap_or("-"),
             route = %route,
             method = %method,
             path = path.as_deref().unwrap_or("-"),
@@ -422,7 +423,7 @@ impl Gateway {
     async fn count(
         &self,
         rt: &Runtime,
-        ctx: &mut Ctx,
+        ctx: &mut Ctx<'_>,
         key: Option<&ApiKey>,
         route: Option<&RouteConfig>,
         method: &Method,
@@ -469,10 +470,10 @@ impl Gateway {
         refusal.map_or(Ok(()), Err)
     }
 
-    async fn pipeline(
+    async fn pipeline<'r>(
         &self,
-        rt: &Runtime,
-        ctx: &mut Ctx,
+        rt: &'r Runtime,
+        ctx: &mut Ctx<'r>,
         req: Request<Body>,
         peer: SocketAddr,
         accept_problem: bool,
@@ -488,10 +489,10 @@ impl Gateway {
         result
     }
 
-    async fn pipeline_inner(
+    async fn pipeline_inner<'r>(
         &self,
-        rt: &Runtime,
-        ctx: &mut Ctx,
+        rt: &'r Runtime,
+        ctx: &mut Ctx<'r>,
         parts: http::request::Parts,
         body: &mut Option<Body>,
         peer: SocketAddr,
@@ -563,7 +564,7 @@ impl Gateway {
         } else {
             None
         };
-        ctx.key_id = key.map(|k| k.id.clone());
+        ctx.key_id = key.map(|k| k.id.as_str());
         if let Some(k) = key {
             if let Some(missing) = route.scopes.iter().find(|s| !k.scopes.contains(s)) {
                 self.count(rt, ctx, Some(k), Some(route), &method, &ip_text, 1)
@@ -790,7 +791,7 @@ impl Gateway {
     async fn forward(
         &self,
         rt: &Runtime,
-        ctx: &mut Ctx,
+        ctx: &mut Ctx<'_>,
         route: &RouteConfig,
         key: Option<&ApiKey>,
         mut parts: http::request::Parts,

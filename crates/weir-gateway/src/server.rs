@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::gateway::{Gateway, GatewayError};
 use axum::body::Body;
 use axum::routing::get;
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -330,7 +331,16 @@ impl Worker {
         let gateway = self.gateway.clone();
         let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(req.map(Body::new), peer).await) }
+            // A request without a body (most reads) gets the empty body, which costs no
+            // allocation, instead of a boxed stream that would end at once.
+            let req = req.map(|b| {
+                if b.is_end_stream() {
+                    Body::empty()
+                } else {
+                    Body::new(b)
+                }
+            });
+            async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
