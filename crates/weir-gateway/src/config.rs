@@ -898,7 +898,10 @@ impl Config {
             });
         }
         let policy = Policy::new(limits).map_err(|e| err("limits", e.to_string()))?;
-        let mut keys = Vec::new();
+        let mut keys: Vec<ApiKey> = Vec::new();
+        let mut ids: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut secrets: std::collections::HashMap<KeyHash, usize> =
+            std::collections::HashMap::new();
         for (i, k) in raw.keys.iter().enumerate() {
             let p = format!("keys[{i}]");
             let hash = match (&k.key, &k.hash) {
@@ -914,10 +917,17 @@ impl Config {
                     "set exactly one of key (clear text, for demos) or hash (from `weir hash-key`)",
                 )),
             };
-            if raw.keys[..i].iter().any(|o| o.id == k.id) {
+            if !ids.insert(k.id.as_str()) {
                 return Err(err(
                     format!("{p}.id"),
                     format!("key id {:?} is used twice", k.id),
+                ));
+            }
+            // One secret, two identities: which one a caller is would be ambiguous.
+            if let Some(first) = secrets.insert(hash, i) {
+                return Err(err(
+                    &p,
+                    format!("this key's secret is also keys[{first}]'s; every key needs its own"),
                 ));
             }
             let expires = match &k.expires {
@@ -1012,6 +1022,10 @@ mod tests {
         let e =
             Config::parse("[server]\nshutdown_grace = \"9999999999999s\"\n").expect_err("too long");
         assert_eq!(e.path, "server.shutdown_grace");
+        let two = "[[keys]]\nid = \"a\"\nkey = \"s\"\nuser = \"u\"\norganisation = \"o\"\nplan = \"p\"\n[[keys]]\nid = \"b\"\nkey = \"s\"\nuser = \"u\"\norganisation = \"o\"\nplan = \"p\"\n";
+        let e = Config::parse(two).expect_err("one secret, two keys");
+        assert_eq!(e.path, "keys[1]");
+        assert!(e.message.contains("keys[0]"), "{e}");
         let e = Config::parse("[server]\nconnection_balance = \"random\"\n")
             .expect_err("unknown balance");
         assert_eq!(e.path, "server.connection_balance");

@@ -104,6 +104,8 @@ pub struct Runtime {
     pub config: Config,
     policy: Arc<Policy>,
     field_names: respond::FieldNames,
+    /// The keys by the hash of their secret.
+    key_index: identity::KeyIndex,
     metrics: telemetry::Metrics,
     upstream_urls: BTreeMap<String, String>,
     targets: BTreeMap<String, Target>,
@@ -541,6 +543,7 @@ impl Gateway {
         let key = if route.auth {
             match identity::authenticate(
                 &rt.config.keys,
+                &rt.key_index,
                 identity::presented_key(&parts.headers),
                 SystemTime::now,
             ) {
@@ -1181,6 +1184,7 @@ impl Runtime {
         Runtime {
             targets,
             field_names: respond::FieldNames::of(&config.policy),
+            key_index: identity::KeyIndex::new(&config.keys),
             metrics: telemetry::Metrics::new(&config),
             policy: Arc::new(config.policy.clone()),
             config,

@@ -1,16 +1,22 @@
 //! Who is calling: API key → user → organisation → plan.
 //!
-//! Keys are stored only as SHA-256 hashes (`weir hash-key` prints one), and a presented
-//! key is compared against *every* stored hash in constant time, so neither the key nor
-//! which entry matched leaks through timing. A key's id — never the key — is what logs,
-//! metrics and limiter scopes see.
+//! Keys are stored only as SHA-256 hashes (`weir hash-key` prints one). A presented key is
+//! hashed, the hash is looked up in a table keyed by the stored hashes, and the entry found
+//! is compared with it in constant time. The lookup's timing depends only on the hash of
+//! what the caller sent (and on the table's secret random hashing), never on the bytes of
+//! a stored secret, so it tells an attacker nothing a guess would not. An earlier version
+//! compared the presented hash with every stored one: as safe, but linear in the number of
+//! keys (about 100 µs per request with 10,000 keys).
+//!
+//! A key's id — never the key — is what logs, metrics and limiter scopes see.
 
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::time::SystemTime;
 use subtle::ConstantTimeEq;
 
 /// The SHA-256 of a key.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyHash([u8; 32]);
 
 impl std::fmt::Debug for KeyHash {
@@ -36,6 +42,11 @@ impl KeyHash {
             *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
         }
         Some(KeyHash(out))
+    }
+
+    /// The 32 bytes of the hash.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
     }
 
     /// `sha256:<hex>`.
@@ -126,22 +137,34 @@ pub fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-/// Finds the key for a presented secret, in constant time over the whole key list.
+/// The configured keys by the hash of their secret (built once per configuration).
+#[derive(Debug, Default)]
+pub struct KeyIndex(HashMap<KeyHash, usize>);
+
+impl KeyIndex {
+    /// Indexes `keys` (the configuration refuses two keys with one secret; were there any,
+    /// the last would win).
+    pub fn new(keys: &[ApiKey]) -> KeyIndex {
+        KeyIndex(keys.iter().enumerate().map(|(i, k)| (k.hash, i)).collect())
+    }
+}
+
+/// Finds the key for a presented secret among `keys` (indexed by `index`).
 pub fn authenticate<'k>(
     keys: &'k [ApiKey],
+    index: &KeyIndex,
     presented: Option<&str>,
     now: impl FnOnce() -> SystemTime,
 ) -> Result<&'k ApiKey, AuthFailure> {
     let presented = presented.ok_or(AuthFailure::Missing)?;
     let hash = KeyHash::of(presented);
-    let mut found: Option<&ApiKey> = None;
-    for k in keys {
-        // Every entry is compared; the branch below only records the match.
-        if bool::from(k.hash.0.ct_eq(&hash.0)) {
-            found = Some(k);
-        }
-    }
-    let key = found.ok_or(AuthFailure::Invalid)?;
+    let key = index
+        .0
+        .get(&hash)
+        .and_then(|&i| keys.get(i))
+        // The table compared hashes with `==`; the final word is a constant-time compare.
+        .filter(|k| bool::from(k.hash.0.ct_eq(&hash.0)))
+        .ok_or(AuthFailure::Invalid)?;
     match key.expires {
         // The clock is read only for a key that can expire.
         Some(t) if t <= now() => Err(AuthFailure::Expired),
@@ -187,18 +210,48 @@ mod tests {
             key("a", "secret-a", None),
             key("b", "secret-b", Some(SystemTime::UNIX_EPOCH)),
         ];
+        let index = KeyIndex::new(&keys);
         assert_eq!(
-            authenticate(&keys, Some("secret-a"), || now).map(|k| k.id.as_str()),
+            authenticate(&keys, &index, Some("secret-a"), || now).map(|k| k.id.as_str()),
             Ok("a")
         );
         assert_eq!(
-            authenticate(&keys, Some("nope"), || now),
+            authenticate(&keys, &index, Some("nope"), || now),
             Err(AuthFailure::Invalid)
         );
-        assert_eq!(authenticate(&keys, None, || now), Err(AuthFailure::Missing));
         assert_eq!(
-            authenticate(&keys, Some("secret-b"), || now),
+            authenticate(&keys, &index, None, || now),
+            Err(AuthFailure::Missing)
+        );
+        assert_eq!(
+            authenticate(&keys, &index, Some("secret-b"), || now),
             Err(AuthFailure::Expired)
+        );
+    }
+
+    #[test]
+    fn every_one_of_many_keys_is_found_and_nothing_else() {
+        let keys: Vec<ApiKey> = (0..2_000)
+            .map(|i| key(&format!("k{i}"), &format!("secret-{i}"), None))
+            .collect();
+        let index = KeyIndex::new(&keys);
+        let now = SystemTime::now();
+        for i in (0..2_000).step_by(7) {
+            let found = authenticate(&keys, &index, Some(&format!("secret-{i}")), || now);
+            assert_eq!(found.map(|k| k.id.clone()), Ok(format!("k{i}")));
+        }
+        for wrong in ["secret-2000", "secret-", "k1", "Secret-1", ""] {
+            assert_eq!(
+                authenticate(&keys, &index, Some(wrong), || now),
+                Err(AuthFailure::Invalid),
+                "{wrong:?}"
+            );
+        }
+        // An index of other keys finds nothing here.
+        let other = KeyIndex::new(&keys[..10]);
+        assert_eq!(
+            authenticate(&keys[10..], &other, Some("secret-3"), || now),
+            Err(AuthFailure::Invalid)
         );
     }
 
