@@ -187,7 +187,8 @@ impl Server {
         // Thread-per-core (`server.workers` threads): each worker thread runs its own
         // single-threaded runtime with its own accept loop on a clone of the listening socket
         // and its own upstream client, so a request never crosses threads. The balancer
-        // moves a freshly accepted connection to a less busy worker (see `balance`).
+        // counts each worker's connections and, when `server.connection_balance` asks for
+        // it, moves a freshly accepted connection to a less busy worker (see `balance`).
         let listener = self.public.into_std()?;
         let (balancer, inboxes) = (self.balancer, self.inboxes);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
