@@ -790,6 +790,71 @@ mod tests {
             proptest::prop_assert_eq!(decode_all(&wire, &splits).expect("decodes"), data);
         }
 
+        /// Whatever fields the client sent, the head written with a rewrite parses, carries
+        /// exactly one `Host`, none of the skipped fields, each added field once and after
+        /// the client's, every other client field unchanged, and only the framing asked for
+        /// (the reference model: the list of fields filtered and extended by hand).
+        #[test]
+        fn rewritten_heads_hold_exactly_the_fields_meant(
+            fields in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "host", "content-length", "transfer-encoding", "x-skip-a", "x-skip-b",
+                        "x-keep", "accept", "x-added",
+                    ]),
+                    "[a-z0-9 ,=;]{0,12}",
+                ),
+                0..12,
+            ),
+            added in proptest::collection::vec("[a-z0-9]{1,8}", 0..3),
+            length in proptest::option::of(0u64..100_000),
+        ) {
+            let mut headers = HeaderMap::new();
+            for (n, v) in &fields {
+                headers.append(*n, HeaderValue::from_str(v.trim()).expect("value"));
+            }
+            let adds: Vec<(HeaderName, HeaderValue)> = added
+                .iter()
+                .map(|v| (HeaderName::from_static("x-added"), HeaderValue::from_str(v).expect("value")))
+                .collect();
+            let rewrite = Rewrite {
+                skip: |n| *n == header::HOST || n.as_str().starts_with("x-skip-") || n.as_str() == "x-added",
+                add: [&adds, &[]],
+            };
+            let framing = length.map_or(RequestFraming::Chunked, RequestFraming::Length);
+            let mut out = Vec::new();
+            write_request_head(&mut out, &Method::POST, "/p", "up:1", &headers, &rewrite, framing);
+
+            let mut parsed_fields = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut parsed_fields);
+            let done = req.parse(&out).expect("the head parses");
+            proptest::prop_assert_eq!(done, httparse::Status::Complete(out.len()));
+            let got: Vec<(String, String)> = req
+                .headers
+                .iter()
+                .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                .collect();
+            let mut want: Vec<(String, String)> = vec![("host".into(), "up:1".into())];
+            for (n, v) in headers.iter() {
+                let n = n.as_str();
+                if n == "host" || n.starts_with("x-skip-") || n == "x-added"
+                    || n == "content-length" || n == "transfer-encoding"
+                {
+                    continue;
+                }
+                want.push((n.to_owned(), v.to_str().expect("ascii").to_owned()));
+            }
+            for (n, v) in &adds {
+                want.push((n.as_str().to_owned(), v.to_str().expect("ascii").to_owned()));
+            }
+            match framing {
+                RequestFraming::Length(n) => want.push(("content-length".into(), n.to_string())),
+                RequestFraming::Chunked => want.push(("transfer-encoding".into(), "chunked".into())),
+                RequestFraming::None => {}
+            }
+            proptest::prop_assert_eq!(got, want);
+        }
+
         /// Content-Length parses exactly the decimal numbers a u64 holds.
         #[test]
         fn content_length_matches_the_reference(n in proptest::num::u64::ANY, junk in "[ +-]?") {
