@@ -190,12 +190,21 @@ impl Ctx<'_> {
 /// A response, or a refusal still to be rendered.
 type Step<T> = Result<T, Refusal>;
 
-fn media_type(headers: &HeaderMap) -> Option<String> {
+fn media_type(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .map(|m| m.trim().to_ascii_lowercase())
+        .map(str::trim)
+}
+
+/// Whether `hay` contains `needle`, ASCII case ignored (without a lower-cased copy).
+fn contains_ignore_ascii_case(hay: &str, needle: &str) -> bool {
+    let (hay, needle) = (hay.as_bytes(), needle.as_bytes());
+    needle.is_empty()
+        || hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// Human names for the document formats of reference 004.
@@ -350,7 +359,7 @@ impl Gateway {
             .get_all(header::ACCEPT)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.to_ascii_lowercase().contains("application/problem+json"));
+            .any(|v| contains_ignore_ascii_case(v, "application/problem+json"));
         let mut ctx = Ctx {
             request_id,
             dialect: rt.config.dialect,
@@ -714,7 +723,9 @@ impl Gateway {
             return Err(too_large());
         }
         if has_body && !route.media_types.is_empty() {
-            let ok = media_type(&parts.headers).is_some_and(|m| route.media_types.contains(&m));
+            // The configured types are lower case; the client's may be in any case.
+            let ok = media_type(&parts.headers)
+                .is_some_and(|m| route.media_types.iter().any(|t| t.eq_ignore_ascii_case(m)));
             if !ok {
                 let names: Vec<String> = route.media_types.iter().map(|m| format_name(m)).collect();
                 let code = if route.document {

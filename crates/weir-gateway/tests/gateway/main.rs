@@ -646,6 +646,14 @@ dialect = "mcp"
         assert_eq!(body["title"], "Unauthorized");
         assert_eq!(body["code"], "AUTH_HEADER_MISSING");
         assert!(body["request_id"].is_string());
+        // Media types are case-insensitive (RFC 9110 §8.3.1), inside a list too.
+        let resp = c
+            .get(gw.url("/graph/x"))
+            .header("accept", "text/html, Application/Problem+JSON;q=0.9")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
     }
 }
 
@@ -687,6 +695,14 @@ max_body = "1KiB"
             body["detail"]["hint"],
             "Supported formats: PDF, TXT, CSV, JSON, MD"
         );
+        // Media types are case-insensitive, and parameters do not matter.
+        let resp = post("/v1/documents")
+            .header("content-type", "Text/Plain; charset=UTF-8")
+            .body("hello")
+            .send()
+            .await
+            .expect("send");
+        assert!(resp.status().is_success(), "{}", resp.status());
         // A chunked body (no Content-Length) where the route requires a length.
         let stream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(
             bytes::Bytes::from_static(b"hello"),
