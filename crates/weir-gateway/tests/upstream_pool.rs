@@ -144,9 +144,12 @@ async fn a_connection_the_upstream_closed_is_not_used_again() {
 
 #[tokio::test]
 async fn refused_and_unsupported_upstreams_are_typed_errors() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    drop(listener);
+    // Bound but never listening, so nothing else can take the port while it refuses.
+    let refusing = tokio::net::TcpSocket::new_v4().expect("socket");
+    refusing
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let addr = refusing.local_addr().expect("addr").to_string();
     let pool = UpstreamPool::new();
     let err = pool
         .send(get(&addr, "/"))

@@ -867,11 +867,7 @@ mod upstream {
 
     #[tokio::test]
     async fn timeout_is_504_refused_is_502_and_the_breaker_opens() {
-        let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let (_refusing, dead_port) = support::refusing_port();
         let extra = format!(
             r#"
 [upstreams.sleepy]
