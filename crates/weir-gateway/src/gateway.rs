@@ -991,21 +991,22 @@ impl Gateway {
 /// upstream's own is written), `x-weir-*` (only weir speaks for the caller's identity, so a
 /// client cannot pose as another key), and the fields weir writes itself.
 fn replaced(name: &HeaderName) -> bool {
-    if *name == header::HOST || *name == header::AUTHORIZATION {
-        return true;
-    }
-    let s = name.as_str();
-    s.starts_with("x-weir-")
-        || matches!(
-            s,
-            "x-api-key" | "x-request-id" | "traceparent" | "x-forwarded-for" | "x-forwarded-proto"
-        )
+    const REPLACED: [HeaderName; 7] = [
+        header::HOST,
+        header::AUTHORIZATION,
+        names::X_API_KEY,
+        names::X_REQUEST_ID,
+        names::TRACEPARENT,
+        names::X_FORWARDED_FOR,
+        names::X_FORWARDED_PROTO,
+    ];
+    REPLACED.contains(name) || name.as_str().starts_with("x-weir-")
 }
 
 /// [`replaced`], and `tracestate` (when the caller's `traceparent` is not valid, weir starts
 /// a new trace and the caller's trace state does not belong to it).
 fn replaced_or_tracestate(name: &HeaderName) -> bool {
-    replaced(name) || name.as_str() == "tracestate"
+    replaced(name) || *name == names::TRACESTATE
 }
 
 fn replay(stored: StoredResponse, key: &str) -> Response<Body> {

@@ -513,79 +513,76 @@ mod tests {
 
     #[test]
     fn framing_follows_rfc_9112() {
-        let f = |raw: &str, m: &Method| {
-            let h = final_head(raw, m);
-            (h.framing, h.keep_alive)
-        };
-        assert_eq!(
-            f(
+        let get = &Method::GET;
+        // (response head, request method, framing, connection reusable)
+        let cases = [
+            (
                 "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
-                &Method::HEAD
+                &Method::HEAD,
+                Framing::Empty,
+                true,
             ),
-            (Framing::Empty, true)
-        );
-        assert_eq!(
-            f(
+            (
                 "HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n",
-                &Method::GET
+                get,
+                Framing::Empty,
+                true,
             ),
-            (Framing::Empty, true)
-        );
-        assert_eq!(
-            f(
+            (
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
-                &Method::GET
+                get,
+                Framing::Chunked,
+                true,
             ),
-            (Framing::Chunked, true)
-        );
-        assert_eq!(
-            f(
+            (
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
-                &Method::GET
+                get,
+                Framing::UntilClose,
+                false,
             ),
-            (Framing::UntilClose, false)
-        );
-        // Both: Transfer-Encoding wins and the connection is not reused.
-        assert_eq!(
-            f(
+            // Both: Transfer-Encoding wins and the connection is not reused.
+            (
                 "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
-                &Method::GET
+                get,
+                Framing::Chunked,
+                false,
             ),
-            (Framing::Chunked, false)
-        );
-        assert_eq!(
-            f(
+            (
                 "HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\n\r\n",
-                &Method::GET
+                get,
+                Framing::Length(7),
+                true,
             ),
-            (Framing::Length(7), true)
-        );
-        assert_eq!(
-            f("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", &Method::GET),
-            (Framing::Empty, true)
-        );
-        assert_eq!(
-            f("HTTP/1.1 200 OK\r\n\r\n", &Method::GET),
-            (Framing::UntilClose, false)
-        );
-        assert_eq!(
-            f(
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+                get,
+                Framing::Empty,
+                true,
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", get, Framing::UntilClose, false),
+            (
                 "HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 1\r\n\r\n",
-                &Method::GET
+                get,
+                Framing::Length(1),
+                false,
             ),
-            (Framing::Length(1), false)
-        );
-        assert_eq!(
-            f("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", &Method::GET),
-            (Framing::Length(1), false)
-        );
-        assert_eq!(
-            f(
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n",
+                get,
+                Framing::Length(1),
+                false,
+            ),
+            (
                 "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n",
-                &Method::GET
+                get,
+                Framing::Length(1),
+                true,
             ),
-            (Framing::Length(1), true)
-        );
+        ];
+        for (raw, method, framing, keep_alive) in cases {
+            let h = final_head(raw, method);
+            assert_eq!((h.framing, h.keep_alive), (framing, keep_alive), "{raw:?}");
+        }
     }
 
     #[test]
