@@ -223,7 +223,7 @@ fn format_name(media: &str) -> String {
 }
 
 /// A fresh request id: a random UUID, written without the formatting machinery.
-fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     let mut buf = uuid::Uuid::encode_buffer();
     let id: &str = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
     // Exactly as long as its capacity: the header value takes it without another allocation.
@@ -373,9 +373,16 @@ impl Gateway {
         // Kept for the access log only, so copied only when that log is on.
         let path = tracing::enabled!(target: "weir::access", tracing::Level::INFO)
             .then(|| req.uri().path().to_owned());
+        // The pipeline, with the body in a slot it takes the body from: a body left there
+        // (a request refused before its body was read) is drained in the background.
+        let (parts, body) = req.into_parts();
+        let mut slot = Some(body);
         let result = self
-            .pipeline(&rt, &mut ctx, req, peer, accept_problem)
+            .pipeline(&rt, &mut ctx, parts, &mut slot, peer, accept_problem)
             .await;
+        if let Some(unread) = slot.take().filter(|_| result.is_err()) {
+            linger(unread);
+        }
         let dialect = if accept_problem {
             Dialect::Problem
         } else {
@@ -482,25 +489,6 @@ impl Gateway {
     }
 
     async fn pipeline<'r>(
-        &self,
-        rt: &'r Runtime,
-        ctx: &mut Ctx<'r>,
-        req: Request<Body>,
-        peer: SocketAddr,
-        accept_problem: bool,
-    ) -> Step<Response<Body>> {
-        let (parts, body) = req.into_parts();
-        let mut slot = Some(body);
-        let result = self
-            .pipeline_inner(rt, ctx, parts, &mut slot, peer, accept_problem)
-            .await;
-        if let Some(unread) = slot.take().filter(|_| result.is_err()) {
-            linger(unread);
-        }
-        result
-    }
-
-    async fn pipeline_inner<'r>(
         &self,
         rt: &'r Runtime,
         ctx: &mut Ctx<'r>,
@@ -664,9 +652,9 @@ impl Gateway {
         } else {
             ip_string(peer.ip())
         };
-        let result = self
-            .forward(rt, ctx, route, key, parts, body, peer_text)
-            .await;
+        // Boxed: the forward step's future is the largest part of a request's, and every
+        // future it is nested in would otherwise be that much larger to move.
+        let result = Box::pin(self.forward(rt, ctx, route, key, parts, body, peer_text)).await;
         let resp = match (result, &idem) {
             (Ok(resp), Some((scope, fp))) => {
                 Box::pin(self.remember(route, scope, fp, resp, rt)).await

@@ -11,6 +11,7 @@ pub mod client_ip;
 pub mod config;
 pub mod demo;
 pub mod gateway;
+pub mod h1;
 pub mod hop;
 pub mod idempotency;
 pub mod identity;

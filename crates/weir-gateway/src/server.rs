@@ -4,13 +4,8 @@
 use crate::balance::{Assigned, Balancer, Handoff, Slot};
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayError};
-use axum::body::Body;
 use axum::routing::get;
-use http_body::Body as _;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -199,7 +194,8 @@ impl Server {
                 index: n,
                 gateway: self.gateway.clone(),
                 balancer: balancer.clone(),
-                graceful: hyper_util::server::graceful::GracefulShutdown::new(),
+                drain: tokio::sync::watch::channel(false).0,
+                wake: Arc::new(tokio::sync::Notify::new()),
             };
             let mut stop = stop_rx.clone();
             let grace = self.grace;
@@ -264,7 +260,11 @@ struct Worker {
     index: usize,
     gateway: Arc<Gateway>,
     balancer: Arc<Balancer>,
-    graceful: hyper_util::server::graceful::GracefulShutdown,
+    /// Set to `true` to drain; every connection holds a receiver, so the worker knows when
+    /// the last one has ended.
+    drain: tokio::sync::watch::Sender<bool>,
+    /// Wakes idle connections when the worker drains.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Worker {
@@ -310,8 +310,10 @@ impl Worker {
         while let Ok(h) = inbox.try_recv() {
             self.adopt(h);
         }
+        let _ = self.drain.send(true);
+        self.wake.notify_waiters();
         tokio::select! {
-            () = self.graceful.shutdown() => tracing::info!("all connections drained"),
+            () = self.drain.closed() => tracing::info!("all connections drained"),
             () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
         }
     }
@@ -327,32 +329,15 @@ impl Worker {
     /// Serves one connection on this worker; `slot` counts it until it ends.
     fn serve(&self, stream: TcpStream, peer: SocketAddr, slot: Slot) {
         let _ = stream.set_nodelay(true);
-        // Read per connection, so a reload applies to new connections.
-        let header_timeout = self.gateway.runtime().config.header_read_timeout;
-        let gateway = self.gateway.clone();
-        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-            let gateway = gateway.clone();
-            // A request without a body (most reads) gets the empty body, which costs no
-            // allocation, instead of a boxed stream that would end at once.
-            let req = req.map(|b| {
-                if b.is_end_stream() {
-                    Body::empty()
-                } else {
-                    Body::new(b)
-                }
-            });
-            async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = self.graceful.watch(conn);
+        let settings = crate::h1::Settings {
+            gateway: self.gateway.clone(),
+            // Read per connection, so a reload applies to new connections.
+            header_timeout: self.gateway.runtime().config.header_read_timeout,
+            drain: self.drain.subscribe(),
+            wake: self.wake.clone(),
+        };
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            crate::h1::serve(stream, peer, settings).await;
             drop(slot);
         });
     }

@@ -40,6 +40,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::Write as _;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -239,29 +240,34 @@ impl UpstreamPool {
 
     /// Sends `req` (an absolute `http://` URI) and returns the response head with a
     /// streaming body.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
-        self.send_inner(req, &Rewrite::NONE, None).await
+    pub fn send(
+        &self,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + '_ {
+        self.send_inner(req, &Rewrite::NONE, None)
     }
 
     /// As [`send`](Self::send), and the body ends with [`BodyError::Stalled`] (closing the
     /// connection) once the upstream pauses longer than `body_stall` between two parts.
-    pub async fn send_bounded(
+    pub fn send_bounded(
         &self,
         req: Request<Body>,
         body_stall: Duration,
-    ) -> Result<Response<Body>, UpstreamError> {
-        self.send_inner(req, &Rewrite::NONE, Some(body_stall)).await
+    ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + '_ {
+        self.send_inner(req, &Rewrite::NONE, Some(body_stall))
     }
 
     /// As [`send_bounded`](Self::send_bounded), with `rewrite` applied to the request's
     /// fields as they are written.
-    pub async fn send_rewritten(
-        &self,
+    // Not `async` itself: the wrappers return `send_inner`'s future as it is, so a request
+    // does not pay for copying one future into another (futures are moved by value).
+    pub fn send_rewritten<'a>(
+        &'a self,
         req: Request<Body>,
-        rewrite: &Rewrite<'_>,
+        rewrite: &'a Rewrite<'a>,
         body_stall: Duration,
-    ) -> Result<Response<Body>, UpstreamError> {
-        self.send_inner(req, rewrite, Some(body_stall)).await
+    ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + 'a {
+        self.send_inner(req, rewrite, Some(body_stall))
     }
 
     async fn send_inner(

@@ -1338,6 +1338,258 @@ mod operations {
     }
 }
 
+/// weir's own HTTP/1.1 server side (`weir_gateway::h1`), byte for byte on a raw socket.
+mod http1 {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn connect(gw: &support::Running) -> TcpStream {
+        TcpStream::connect(gw.addr).await.expect("connect")
+    }
+
+    /// Reads whole responses (head and `Content-Length` body) until `n` have arrived or the
+    /// connection closes; returns them as text, and whether the connection closed.
+    async fn responses(stream: &mut TcpStream, n: usize) -> (Vec<String>, bool) {
+        let mut got: Vec<u8> = Vec::new();
+        let mut out = Vec::new();
+        let mut closed = false;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 8192];
+            loop {
+                // Take every complete response at the front.
+                while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&got[..end]).to_string();
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(str::to_owned)
+                        })
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    let informational = head.starts_with("HTTP/1.1 1");
+                    let total = end + 4 + if informational { 0 } else { len };
+                    if got.len() < total {
+                        break;
+                    }
+                    out.push(String::from_utf8_lossy(&got[..total]).to_string());
+                    got.drain(..total);
+                }
+                if out.len() >= n {
+                    return;
+                }
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        closed = true;
+                        return;
+                    }
+                    Ok(k) => got.extend_from_slice(&buf[..k]),
+                }
+            }
+        })
+        .await;
+        (out, closed)
+    }
+
+    fn field<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+        response.lines().find_map(|l| {
+            let (n, v) = l.split_once(": ")?;
+            n.eq_ignore_ascii_case(name).then_some(v)
+        })
+    }
+
+    fn body(response: &str) -> serde_json::Value {
+        let (_, b) = response.split_once("\r\n\r\n").expect("a head");
+        serde_json::from_str(b).expect("a JSON body")
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+        let gw = start(&config(ECHO, &temp_db("h1"))).await;
+        let mut s = connect(&gw).await;
+        let one = "GET /v1/echo/first HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\nX-Request-Id: req-1\r\n\r\n";
+        let two = "GET /v1/echo/second HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\nX-Request-Id: req-2\r\n\r\n";
+        s.write_all(format!("{one}{two}").as_bytes())
+            .await
+            .expect("write");
+        let (got, closed) = responses(&mut s, 2).await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(!closed);
+        for (r, (path, id)) in got
+            .iter()
+            .zip([("/v1/echo/first", "req-1"), ("/v1/echo/second", "req-2")])
+        {
+            assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+            assert_eq!(field(r, "x-request-id"), Some(id));
+            assert_eq!(body(r)["path"], path);
+            let date = field(r, "date").expect("a Date field");
+            assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+        }
+        // And the connection carries a third.
+        s.write_all(one.as_bytes()).await.expect("write");
+        let (got, _) = responses(&mut s, 1).await;
+        assert_eq!(field(&got[0], "x-request-id"), Some("req-1"));
+    }
+
+    #[tokio::test]
+    async fn a_chunked_request_body_is_read_and_the_connection_reused() {
+        let gw = start(&config(ECHO, &temp_db("h2"))).await;
+        let mut s = connect(&gw).await;
+        let post = "POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: t\r\n\r\n";
+        let get = "GET /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\n\r\n";
+        s.write_all(format!("{post}{get}").as_bytes())
+            .await
+            .expect("write");
+        let (got, closed) = responses(&mut s, 2).await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(!closed);
+        assert_eq!(body(&got[0])["body"], "hello world");
+        assert_eq!(body(&got[0])["method"], "POST");
+        assert_eq!(body(&got[1])["method"], "GET");
+    }
+
+    #[tokio::test]
+    async fn expect_continue_is_answered_only_when_the_body_is_wanted() {
+        let gw = start(&config(ECHO, &temp_db("h3"))).await;
+        // Accepted: 100 Continue comes before the body is sent, then the answer.
+        let mut s = connect(&gw).await;
+        s.write_all(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+            .await
+            .expect("write");
+        let (got, _) = responses(&mut s, 1).await;
+        assert_eq!(got, vec!["HTTP/1.1 100 Continue\r\n\r\n".to_owned()]);
+        s.write_all(b"ping").await.expect("write");
+        let (got, _) = responses(&mut s, 1).await;
+        assert!(got[0].starts_with("HTTP/1.1 200 OK\r\n"), "{got:?}");
+        assert_eq!(body(&got[0])["body"], "ping");
+        // Refused from its head: no 100, the refusal, and the connection closes (the body
+        // the client may still send is never taken for a request).
+        let mut s = connect(&gw).await;
+        s.write_all(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+            .await
+            .expect("write");
+        let (got, closed) = responses(&mut s, 2).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+            "{}",
+            got[0]
+        );
+        assert_eq!(field(&got[0], "connection"), Some("close"));
+        assert!(closed);
+    }
+
+    #[tokio::test]
+    async fn bad_heads_get_the_contract_envelope_and_a_closed_connection() {
+        let gw = start(&config(ECHO, &temp_db("h4"))).await;
+        let many: String = (0..120).map(|i| format!("X-F{i}: v\r\n")).collect();
+        let cases = [
+            ("GET /v1/echo HTTP/1.1\r\nHost: x\r\nBad Field: 1\r\n\r\n".to_owned(), 400),
+            ("POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".to_owned(), 400),
+            ("POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n".to_owned(), 400),
+            ("POST /v1/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_owned(), 501),
+            (format!("GET /v1/echo HTTP/1.1\r\nHost: x\r\n{many}\r\n"), 431),
+        ];
+        for (head, status) in cases {
+            let mut s = connect(&gw).await;
+            s.write_all(head.as_bytes()).await.expect("write");
+            let (got, closed) = responses(&mut s, 2).await;
+            assert_eq!(got.len(), 1, "{head:?}: {got:?}");
+            let r = &got[0];
+            assert!(
+                r.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{head:?}: {r}"
+            );
+            assert_eq!(field(r, "connection"), Some("close"), "{r}");
+            let id = field(r, "x-request-id").expect("a request id");
+            let b = body(r);
+            assert_eq!(b["detail"]["code"], "REQUEST_MALFORMED", "{r}");
+            assert_eq!(b["detail"]["request_id"], id, "{r}");
+            assert!(closed, "{head:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn http_1_0_clients_and_head_requests() {
+        let gw = start(&config(ECHO, &temp_db("h5"))).await;
+        // HTTP/1.0 without keep-alive: one answer, then the connection closes.
+        let mut s = connect(&gw).await;
+        s.write_all(b"GET /v1/echo HTTP/1.0\r\nAuthorization: Bearer free-secret\r\n\r\n")
+            .await
+            .expect("write");
+        let (got, closed) = responses(&mut s, 2).await;
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with("HTTP/1.1 200 OK\r\n"), "{}", got[0]);
+        assert_eq!(field(&got[0], "connection"), Some("close"));
+        assert!(closed);
+        // HTTP/1.0 asking for keep-alive is kept alive, and told so.
+        let mut s = connect(&gw).await;
+        let req = "GET /v1/echo HTTP/1.0\r\nConnection: keep-alive\r\nAuthorization: Bearer free-secret\r\n\r\n";
+        s.write_all(format!("{req}{req}").as_bytes())
+            .await
+            .expect("write");
+        let (got, closed) = responses(&mut s, 2).await;
+        assert_eq!(got.len(), 2);
+        assert!(!closed);
+        assert_eq!(field(&got[0], "connection"), Some("keep-alive"));
+        // HEAD: the length a GET would have, and no body (the next answer follows at once).
+        let mut s = connect(&gw).await;
+        let head = "HEAD /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\n\r\n";
+        let get = "GET /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\nX-Request-Id: after-head\r\n\r\n";
+        s.write_all(format!("{head}{get}").as_bytes())
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 8192];
+            while !String::from_utf8_lossy(&got).contains("\"after-head\"") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => got.extend_from_slice(&buf[..k]),
+                }
+            }
+        })
+        .await;
+        let text = String::from_utf8_lossy(&got);
+        let (head_response, rest) = text.split_once("\r\n\r\n").expect("the HEAD answer");
+        assert!(head_response.starts_with("HTTP/1.1 200 OK"), "{text}");
+        assert!(
+            field(head_response, "content-length").is_some_and(|l| l != "0"),
+            "{head_response}"
+        );
+        assert!(
+            rest.starts_with("HTTP/1.1 200 OK\r\n"),
+            "the GET answer follows the HEAD head directly: {rest}"
+        );
+    }
+
+    #[tokio::test]
+    async fn draining_closes_idle_connections_at_once() {
+        let mut gw = start(&config(ECHO, &temp_db("h6"))).await;
+        let mut idle = connect(&gw).await;
+        idle.write_all(
+            b"GET /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let (got, _) = responses(&mut idle, 1).await;
+        assert_eq!(got.len(), 1);
+        let started = std::time::Instant::now();
+        let stopping = gw.begin_stop();
+        // The header timeout is 30 s: an idle connection that closes within 5 s was closed by
+        // the drain.
+        let (more, closed) = responses(&mut idle, 1).await;
+        assert!(more.is_empty() && closed, "{more:?}");
+        tokio::time::timeout(Duration::from_secs(5), stopping)
+            .await
+            .expect("the drain does not wait for idle connections")
+            .expect("server stopped");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
+
 #[path = "../../../weir-limit/tests/support/redis_server.rs"]
 mod redis_server;
 

@@ -1,0 +1,388 @@
+//! One client connection: read a request head, hand the request to the gateway, write
+//! its response, and again while the connection may carry another request.
+//!
+//! Requests on a connection are answered in order, one at a time (pipelined requests
+//! wait in the read buffer). The connection closes when the client asks for it, when a
+//! request body was not read to its end, when a response cannot be framed for reuse,
+//! after a malformed head (answered first, in the contract's envelope), when no complete
+//! head arrives within `server.header_read_timeout` (which also ends idle kept-alive
+//! connections), and, once the worker drains, after the request in flight.
+
+use super::body::{Reader, RequestBody, READ_CHUNK};
+use super::head::{self, HeadError, RequestHead};
+use super::write::{self, Framing};
+use crate::gateway::Gateway;
+use crate::respond::{self, Refusal};
+use axum::body::Body;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{header, Method, Response, Version};
+use http_body::Body as _;
+use std::future::poll_fn;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch, Notify};
+use tokio::time::Instant;
+
+/// Body pieces up to this size are copied behind the head (or the previous piece) so they
+/// leave in one write; larger ones are written from where they are.
+const COPY_MAX: usize = 16 * 1024;
+/// Buffered output is written out once it reaches this size.
+const FLUSH_AT: usize = 64 * 1024;
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The write side of a connection, shared with a request body that may owe the client a
+/// `100 Continue`.
+#[derive(Debug)]
+pub(super) struct Sender {
+    half: OwnedWriteHalf,
+    /// Set once the final response has begun: a `100 Continue` is never sent after it.
+    responding: AtomicBool,
+    /// How much of `100 Continue` has been written.
+    continued: AtomicUsize,
+}
+
+impl Sender {
+    /// Writes `100 Continue` unless the final response has begun.
+    pub(super) fn poll_continue(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            let done = self.continued.load(Ordering::Acquire);
+            if done >= CONTINUE.len() || self.responding.load(Ordering::Acquire) {
+                return Poll::Ready(Ok(()));
+            }
+            match self.half.try_write(&CONTINUE[done..]) {
+                Ok(n) => {
+                    self.continued.fetch_add(n, Ordering::AcqRel);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::task::ready!(self.half.as_ref().poll_write_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Writes all of `first` then all of `second`.
+    async fn write_all(&self, mut first: &[u8], mut second: &[u8]) -> std::io::Result<()> {
+        while !first.is_empty() || !second.is_empty() {
+            let slices = [IoSlice::new(first), IoSlice::new(second)];
+            match self.half.try_write_vectored(&slices) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(mut n) => {
+                    let a = n.min(first.len());
+                    first = &first[a..];
+                    n -= a;
+                    second = &second[n..];
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.half.writable().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a connection needs besides its socket.
+#[derive(Clone)]
+pub struct Settings {
+    /// The gateway that answers requests.
+    pub gateway: Arc<Gateway>,
+    /// The longest wait for a complete request head (`server.header_read_timeout`).
+    pub header_timeout: Duration,
+    /// Becomes `true` when the worker drains; the worker waits for every clone to drop.
+    pub drain: watch::Receiver<bool>,
+    /// Notified (`notify_waiters`) when the worker drains, to end idle connections at once.
+    pub wake: Arc<Notify>,
+}
+
+/// Serves one client connection until it closes (see the module docs).
+pub async fn serve(stream: TcpStream, peer: SocketAddr, settings: Settings) {
+    let Settings {
+        gateway,
+        header_timeout,
+        drain,
+        wake,
+    } = settings;
+    // Registered once for the connection's life (not once per request), so that waiting for
+    // a head costs no registration.
+    let mut woken = pin!(wake.notified());
+    woken.as_mut().enable();
+    let (read, write) = stream.into_split();
+    let sender = Arc::new(Sender {
+        half: write,
+        responding: AtomicBool::new(false),
+        continued: AtomicUsize::new(0),
+    });
+    // Lent to a request body while it is read; `None` after a body that was not read to
+    // its end, and then the connection closes after the response.
+    let mut reader = Some(Reader {
+        half: read,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+    });
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    // One timer for the connection's life, moved only when it fires early (see
+    // `read_head`), instead of re-armed for every request.
+    let mut timer = pin!(tokio::time::sleep(header_timeout));
+    loop {
+        let Some(r) = reader.as_mut() else {
+            return;
+        };
+        let head = match read_head(r, timer.as_mut(), header_timeout, &drain, woken.as_mut()).await
+        {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(Failed::Io(e)) => {
+                tracing::debug!(error = %e, "connection ended with an error");
+                return;
+            }
+            Err(Failed::Head(e)) => {
+                tracing::debug!(error = %e, "malformed request head");
+                let _ = refuse(&sender, &mut out, &gateway, e).await;
+                return;
+            }
+        };
+        let RequestHead {
+            parts,
+            framing,
+            keep_alive,
+            expect_continue,
+        } = head;
+        let (method, version) = (parts.method.clone(), parts.version);
+        sender.responding.store(false, Ordering::Release);
+        sender.continued.store(0, Ordering::Release);
+        let (body, back) = if framing == head::Framing::Empty {
+            (Body::empty(), None)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            let Some(lent) = reader.take() else {
+                return;
+            };
+            let continue_to = expect_continue.then(|| sender.clone());
+            (
+                Body::new(RequestBody::new(lent, framing, tx, continue_to)),
+                Some(rx),
+            )
+        };
+        let response = gateway
+            .handle(http::Request::from_parts(parts, body), peer)
+            .await;
+        sender.responding.store(true, Ordering::Release);
+        // The reader comes back only if the body was read to its end.
+        let mut reusable = keep_alive;
+        if let Some(mut rx) = back {
+            match rx.try_recv() {
+                Ok(r) => reader = Some(r),
+                Err(_) => reusable = false,
+            }
+        }
+        let draining = drain.has_changed().unwrap_or(true);
+        match respond_with(
+            &sender,
+            &mut out,
+            response,
+            &method,
+            version,
+            !reusable || draining,
+        )
+        .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "writing a response failed");
+                return;
+            }
+        }
+    }
+}
+
+enum Failed {
+    Io(std::io::Error),
+    Head(HeadError),
+}
+
+/// Reads until a whole request head is in the buffer (`Ok(None)`: the connection is over —
+/// the client closed it, it timed out, or the worker drains while it is idle).
+async fn read_head(
+    reader: &mut Reader,
+    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    timeout: Duration,
+    drain: &watch::Receiver<bool>,
+    mut woken: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+) -> Result<Option<RequestHead>, Failed> {
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if !reader.buf.is_empty() {
+            if let Some(head) = head::parse(&mut reader.buf).map_err(Failed::Head)? {
+                return Ok(Some(head));
+            }
+        }
+        // The clock is read once per head that has to be waited for.
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+        let idle = reader.buf.is_empty();
+        if idle && drain.has_changed().unwrap_or(true) {
+            return Ok(None);
+        }
+        let step = tokio::select! {
+            biased;
+            read = poll_fn(|cx| reader.poll_fill(cx)) => Some(read),
+            () = timer.as_mut() => None,
+            () = woken.as_mut(), if idle => return Ok(None),
+        };
+        match step {
+            Some(Ok(0)) => return Ok(None),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(Failed::Io(e)),
+            None if Instant::now() >= deadline => {
+                tracing::debug!("no complete request head in time; connection closed");
+                return Ok(None);
+            }
+            // The timer was set for an earlier wait that ended in time: move it to this one.
+            None => timer.as_mut().reset(deadline),
+        }
+    }
+}
+
+/// Answers a head that cannot be served, in the contract's envelope.
+async fn refuse(
+    sender: &Sender,
+    out: &mut Vec<u8>,
+    gateway: &Gateway,
+    e: HeadError,
+) -> std::io::Result<bool> {
+    let rt = gateway.runtime();
+    let refusal = Refusal::code("REQUEST_MALFORMED")
+        .status(e.status())
+        .message(e.to_string());
+    let id = crate::gateway::new_request_id();
+    let mut response = respond::render(
+        &refusal,
+        rt.config.dialect,
+        id.to_str().unwrap_or(""),
+        &rt.config.error_type_base,
+    );
+    response
+        .headers_mut()
+        .insert(respond::names::X_REQUEST_ID, id);
+    respond_with(sender, out, response, &Method::GET, Version::HTTP_11, true).await
+}
+
+/// Writes a response; `Ok(true)` if the connection may carry another request.
+async fn respond_with(
+    sender: &Sender,
+    out: &mut Vec<u8>,
+    response: Response<Body>,
+    method: &Method,
+    version: Version,
+    mut close: bool,
+) -> std::io::Result<bool> {
+    let (parts, body) = response.into_parts();
+    let framing = Framing::decide(
+        method,
+        version,
+        parts.status,
+        &parts.headers,
+        body.size_hint().exact(),
+    );
+    close |= parts.headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    });
+    out.clear();
+    write::head(out, version, parts.status, &parts.headers, framing, close);
+    drop(parts);
+    if let Framing::Bodiless(_) = framing {
+        // Nothing to send: the body is not even polled.
+        sender.write_all(out, &[]).await?;
+        return Ok(!close);
+    }
+    let limit = framing.limit();
+    let mut body = pin!(body);
+    let mut sent: u64 = 0;
+    let complete = loop {
+        let step = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+            // Nothing more yet: what is buffered goes out first.
+            Poll::Pending if !out.is_empty() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        })
+        .await;
+        let frame = match step {
+            None => {
+                sender.write_all(out, &[]).await?;
+                out.clear();
+                continue;
+            }
+            Some(None) => break true,
+            Some(Some(Err(e))) => {
+                tracing::debug!(error = %e, "response body failed; connection closed");
+                break false;
+            }
+            Some(Some(Ok(frame))) => frame,
+        };
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if let Some(limit) = limit {
+            let room = limit - sent;
+            if data.len() as u64 > room {
+                // More than the framing announced: what fits is sent, then the connection
+                // closes.
+                data.truncate(usize::try_from(room).unwrap_or(usize::MAX));
+                sent = limit;
+                push(sender, out, framing, data).await?;
+                break false;
+            }
+        }
+        sent += data.len() as u64;
+        push(sender, out, framing, data).await?;
+    };
+    if complete && framing == Framing::Chunked {
+        out.extend_from_slice(write::LAST_CHUNK);
+    }
+    // A body that ended short of its announced length cannot be completed: the client
+    // learns it from the closed connection.
+    let whole = complete && framing.limit().is_none_or(|l| l == sent);
+    sender.write_all(out, &[]).await?;
+    out.clear();
+    Ok(whole && !close && framing != Framing::UntilClose)
+}
+
+/// Queues (or, if large, writes) one piece of body in the response's framing.
+async fn push(
+    sender: &Sender,
+    out: &mut Vec<u8>,
+    framing: Framing,
+    data: Bytes,
+) -> std::io::Result<()> {
+    if framing == Framing::Chunked {
+        write::chunk_start(out, data.len());
+    }
+    if data.len() <= COPY_MAX {
+        out.extend_from_slice(&data);
+    } else {
+        sender.write_all(out, data.chunk()).await?;
+        out.clear();
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(write::CHUNK_END);
+    }
+    if out.len() >= FLUSH_AT {
+        sender.write_all(out, &[]).await?;
+        out.clear();
+    }
+    Ok(())
+}
