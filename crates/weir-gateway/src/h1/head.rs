@@ -15,9 +15,6 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most fields a request head may have; more gets 431.
 pub const MAX_FIELDS: usize = 100;
-/// Fields the gateway typically adds to a request before forwarding it, so the map is
-/// sized once.
-const FIELDS_ADDED: usize = 6;
 
 /// What is wrong with a request head. Each maps to a status the client is answered with
 /// ([`HeadError::status`]) before the connection is closed.
@@ -134,7 +131,9 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| HeadError::Target)?;
-    let mut headers = HeaderMap::with_capacity(spans.len() + FIELDS_ADDED);
+    // Sized to what arrived: the fields weir adds when forwarding are written with the
+    // upstream head, never inserted into this map.
+    let mut headers = HeaderMap::with_capacity(spans.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut coded = false;
