@@ -211,7 +211,12 @@ pub struct FieldNames {
     /// By limit index; `None` for a name RFC 9651 cannot carry (its fields are skipped).
     names: Vec<Option<QuotedName>>,
     concurrent: Option<QuotedName>,
+    /// Distinct for every set of names built (clones share it), so a value remembered
+    /// from one policy is never taken for another's.
+    generation: u64,
 }
+
+static NAMES_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl FieldNames {
     /// The names of `policy`'s limits.
@@ -223,6 +228,7 @@ impl FieldNames {
                 .map(|l| QuotedName::new(&l.name).ok())
                 .collect(),
             concurrent: QuotedName::new("concurrent-requests").ok(),
+            generation: NAMES_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -245,21 +251,26 @@ pub fn apply_limit_headers(h: &mut HeaderMap, decision: &Decision, names: &Field
             return;
         }
         // Written into per-thread scratch strings. The policy is usually the one the
-        // previous response of this thread sent: its value is then shared, not copied.
+        // previous response of this thread sent (same names, same limits and windows): its
+        // value is then shared, neither written nor copied.
         let Memo {
             policies,
             items,
             policy_value,
             ..
         } = memo;
-        policies.clear();
         items.clear();
-        write_fields(policies, items, decision, names);
+        write_items(items, decision, names);
+        let key = PolicyKey::of(decision, names);
         let policy = match policy_value {
-            Some((text, v)) if text == policies => Some(v.clone()),
-            _ => HeaderValue::from_str(policies).ok().inspect(|v| {
-                *policy_value = Some((policies.clone(), v.clone()));
-            }),
+            Some((k, v)) if *k == key => Some(v.clone()),
+            _ => {
+                policies.clear();
+                write_policies(policies, decision, names);
+                HeaderValue::from_str(policies).ok().inspect(|v| {
+                    *policy_value = Some((key, v.clone()));
+                })
+            }
         };
         if let (Some(p), Ok(l)) = (policy, HeaderValue::from_str(items)) {
             h.insert(names::RATELIMIT_POLICY, p);
@@ -291,7 +302,7 @@ impl NumberValue {
 struct Memo {
     policies: String,
     items: String,
-    policy_value: Option<(String, HeaderValue)>,
+    policy_value: Option<(PolicyKey, HeaderValue)>,
     limit: NumberValue,
     reset: NumberValue,
 }
@@ -300,22 +311,54 @@ thread_local! {
     static MEMO: std::cell::RefCell<Memo> = std::cell::RefCell::new(Memo::default());
 }
 
-/// The `RateLimit-Policy` and `RateLimit` field values of `decision`.
-fn write_fields(
-    policies: &mut String,
-    items: &mut String,
-    decision: &Decision,
-    names: &FieldNames,
-) {
+/// What a `RateLimit-Policy` value is written from: the names' generation and, per limit
+/// checked, its index, size and window (`u64::MAX` for a concurrency limit).
+#[derive(PartialEq, Eq)]
+struct PolicyKey(u64, smallvec::SmallVec<[(usize, u64, u64); 4]>);
+
+impl PolicyKey {
+    fn of(decision: &Decision, names: &FieldNames) -> PolicyKey {
+        PolicyKey(
+            names.generation,
+            decision
+                .limits
+                .iter()
+                .map(|s| {
+                    let window = if s.is_concurrency() {
+                        u64::MAX
+                    } else {
+                        s.window_secs
+                    };
+                    (s.index, s.limit, window)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The `RateLimit-Policy` field value of `decision`.
+fn write_policies(policies: &mut String, decision: &Decision, names: &FieldNames) {
     for s in &decision.limits {
         let Some(Some(name)) = names.names.get(s.index) else {
             continue;
         };
         if s.is_concurrency() {
             ratelimit::write_policy_item(policies, name, s.limit, names.concurrent.as_ref(), None);
-            ratelimit::write_limit_item(items, name, s.remaining, None);
         } else {
             ratelimit::write_policy_item(policies, name, s.limit, None, Some(s.window_secs));
+        }
+    }
+}
+
+/// The `RateLimit` field value of `decision`.
+fn write_items(items: &mut String, decision: &Decision, names: &FieldNames) {
+    for s in &decision.limits {
+        let Some(Some(name)) = names.names.get(s.index) else {
+            continue;
+        };
+        if s.is_concurrency() {
+            ratelimit::write_limit_item(items, name, s.remaining, None);
+        } else {
             let reset = weir_limit::clock::ceil_secs(s.reset_after_ns);
             ratelimit::write_limit_item(items, name, s.remaining, Some(reset));
         }
@@ -355,16 +398,36 @@ mod tests {
         let names = FieldNames {
             names: vec![QuotedName::new("a").ok(), QuotedName::new("b").ok()],
             concurrent: QuotedName::new("concurrent-requests").ok(),
+            generation: u64::MAX,
+        };
+        // Other names for the same limits: a policy remembered for one set of names is
+        // never sent for another.
+        let renamed = FieldNames {
+            names: vec![QuotedName::new("c").ok(), QuotedName::new("d").ok()],
+            concurrent: QuotedName::new("concurrent-requests").ok(),
+            generation: u64::MAX - 1,
         };
         let one = decision(100, &[(0, 60, 10, 9)]);
         let two = decision(100, &[(0, 60, 10, 8), (1, 10, 5, 4)]);
         let bigger = decision(101, &[(0, 60, 20, 3)]);
         let later = decision(102, &[(0, 60, 20, 2)]);
-        for d in [&one, &two, &one, &bigger, &bigger, &later, &one] {
+        let cases = [
+            (&one, &names),
+            (&two, &names),
+            (&one, &names),
+            (&one, &renamed),
+            (&bigger, &names),
+            (&bigger, &names),
+            (&later, &renamed),
+            (&later, &names),
+            (&one, &names),
+        ];
+        for (d, names) in cases {
             let mut h = HeaderMap::new();
-            apply_limit_headers(&mut h, d, &names, true);
+            apply_limit_headers(&mut h, d, names, true);
             let (mut policies, mut items) = (String::new(), String::new());
-            write_fields(&mut policies, &mut items, d, &names);
+            write_policies(&mut policies, d, names);
+            write_items(&mut items, d, names);
             let s = &d.limits[0];
             assert_eq!(h["ratelimit-policy"], policies.as_str());
             assert_eq!(h["ratelimit"], items.as_str());
