@@ -133,16 +133,23 @@ fn owned_value(s: String) -> Option<HeaderValue> {
 /// when it becomes a header value).
 fn ip_string(ip: IpAddr) -> String {
     // IPv4 (nearly every client) is written octet by octet: `Display` through the
-    // formatting machinery cost more than the rest of this function on every request.
+    // formatting machinery cost more than the rest of this function on every request. The
+    // string is exactly as long as the text, like the one below.
     if let IpAddr::V4(v4) = ip {
-        let mut out = String::with_capacity(15);
+        let mut buf = [0u8; 15];
+        let mut len = 0;
         for (i, octet) in v4.octets().into_iter().enumerate() {
             if i > 0 {
-                out.push('.');
+                buf[len] = b'.';
+                len += 1;
             }
-            out.push_str(itoa::Buffer::new().format(octet));
+            let mut itoa = itoa::Buffer::new();
+            let digits = itoa.format(octet).as_bytes();
+            // At most 4 x 3 digits and 3 dots: always fits.
+            buf[len..len + digits.len()].copy_from_slice(digits);
+            len += digits.len();
         }
-        return out;
+        return String::from_utf8_lossy(&buf[..len]).into_owned();
     }
     struct Stack {
         buf: [u8; 64],
