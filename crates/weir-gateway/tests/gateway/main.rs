@@ -1566,6 +1566,72 @@ mod http1 {
     }
 
     #[tokio::test]
+    async fn a_body_of_unknown_length_is_chunked_for_1_1_and_close_delimited_for_1_0() {
+        let extra = format!("{ECHO}\n[[routes]]\nname = \"bytes\"\nprefix = \"/v1/bytes\"\nupstream = \"demo\"\nauth = false\n");
+        let gw = start(&config(&extra, &temp_db("h7"))).await;
+        let n = 150_000usize;
+        for (version, chunked) in [("1.1", true), ("1.0", false)] {
+            let mut s = connect(&gw).await;
+            s.write_all(
+                format!(
+                    "GET /v1/bytes?n={n} HTTP/{version}\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .expect("write");
+            let mut got = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+            assert!(read.is_ok(), "the connection closes after the body");
+            let end = got
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("a head")
+                + 4;
+            let head = String::from_utf8_lossy(&got[..end]).to_string();
+            let body = &got[end..];
+            assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+            assert_eq!(field(&head, "content-length"), None, "{head}");
+            assert_eq!(field(&head, "connection"), Some("close"), "{head}");
+            if chunked {
+                assert_eq!(field(&head, "transfer-encoding"), Some("chunked"), "{head}");
+                // Decode the chunks: sizes in hex, each chunk followed by CRLF, a last chunk.
+                let mut rest = body;
+                let mut data = 0usize;
+                loop {
+                    let line_end = rest
+                        .windows(2)
+                        .position(|w| w == b"\r\n")
+                        .expect("a size line");
+                    let size = usize::from_str_radix(
+                        std::str::from_utf8(&rest[..line_end]).expect("hex"),
+                        16,
+                    )
+                    .expect("a chunk size");
+                    rest = &rest[line_end + 2..];
+                    if size == 0 {
+                        assert_eq!(rest, b"\r\n", "the body ends after the last chunk");
+                        break;
+                    }
+                    assert!(rest[..size].iter().all(|&b| b == b'w'));
+                    assert_eq!(&rest[size..size + 2], b"\r\n");
+                    data += size;
+                    rest = &rest[size + 2..];
+                }
+                assert_eq!(data, n);
+            } else {
+                assert_eq!(field(&head, "transfer-encoding"), None, "{head}");
+                assert_eq!(
+                    body.len(),
+                    n,
+                    "an HTTP/1.0 client reads the body until the close"
+                );
+                assert!(body.iter().all(|&b| b == b'w'));
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn draining_closes_idle_connections_at_once() {
         let mut gw = start(&config(ECHO, &temp_db("h6"))).await;
         let mut idle = connect(&gw).await;
