@@ -20,6 +20,7 @@ pub mod respond;
 pub mod server;
 mod telemetry;
 pub mod upstream;
+mod wire;
 
 pub use config::{Config, ConfigError};
 pub use gateway::{Gateway, GatewayError};

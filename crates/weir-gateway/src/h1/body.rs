@@ -126,16 +126,10 @@ impl RequestBody {
         };
         let data = match &mut self.left {
             Left::Done => None,
-            Left::Length(n) => {
-                if reader.buf.is_empty() {
-                    return Ok(None);
-                }
-                let take = usize::try_from(*n)
-                    .unwrap_or(usize::MAX)
-                    .min(reader.buf.len());
-                *n -= take as u64;
-                Some(reader.buf.split_to(take).freeze())
-            }
+            Left::Length(n) => match crate::wire::take(&mut reader.buf, n) {
+                None => return Ok(None),
+                data => data,
+            },
             Left::Chunked(decoder) => match decoder.decode(&mut reader.buf) {
                 Err(e) => return Err(RequestBodyError::Chunk(e.to_string())),
                 Ok(None) => return Ok(None),

@@ -351,7 +351,7 @@ async fn respond_with(
         push(sender, out, framing, data).await?;
     };
     if complete && framing == Framing::Chunked {
-        out.extend_from_slice(write::LAST_CHUNK);
+        out.extend_from_slice(crate::wire::LAST_CHUNK);
     }
     // A body that ended short of its announced length cannot be completed: the client
     // learns it from the closed connection.
@@ -369,7 +369,7 @@ async fn push(
     data: Bytes,
 ) -> std::io::Result<()> {
     if framing == Framing::Chunked {
-        write::chunk_start(out, data.len());
+        crate::wire::chunk_start(out, data.len());
     }
     if data.len() <= COPY_MAX {
         out.extend_from_slice(&data);
@@ -378,7 +378,7 @@ async fn push(
         out.clear();
     }
     if framing == Framing::Chunked {
-        out.extend_from_slice(write::CHUNK_END);
+        out.extend_from_slice(crate::wire::CHUNK_END);
     }
     if out.len() >= FLUSH_AT {
         sender.write_all(out, &[]).await?;

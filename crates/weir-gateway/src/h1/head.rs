@@ -9,7 +9,7 @@
 //! transfer codings other than a final `chunked` (the request-smuggling confusions).
 
 use bytes::BytesMut;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
+use http::{header, HeaderMap, Method, Uri, Version};
 
 /// The largest request head accepted (request line and fields); larger gets 431.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -116,18 +116,9 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
         .map_err(|_| HeadError::Malformed(httparse::Error::Token))?;
     // Where the target and each field lie in the head, so they can share the frozen
     // buffer instead of being copied.
-    let base = buf.as_ptr() as usize;
     let path = req.path.unwrap_or("");
-    let target = (path.as_ptr() as usize - base, path.len());
-    let spans: smallvec::SmallVec<[(usize, usize, usize, usize); 24]> = req
-        .headers
-        .iter()
-        .map(|h| {
-            let n = h.name.as_ptr() as usize - base;
-            let v = h.value.as_ptr() as usize - base;
-            (n, n + h.name.len(), v, v + h.value.len())
-        })
-        .collect();
+    let target = (path.as_ptr() as usize - buf.as_ptr() as usize, path.len());
+    let spans = crate::wire::Spans::of(buf.as_ptr(), req.headers);
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| HeadError::Target)?;
@@ -140,10 +131,8 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
-    for (ns, ne, vs, ve) in spans {
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| HeadError::Field)?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| HeadError::Field)?;
+    for field in spans.fields(&head) {
+        let (name, value) = field.map_err(|_| HeadError::Field)?;
         if name == header::CONTENT_LENGTH {
             // A list of identical lengths is one length (RFC 9110 §8.6); anything else is
             // refused.

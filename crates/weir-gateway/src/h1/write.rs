@@ -6,6 +6,7 @@
 //! own: whatever a handler or an upstream put there is replaced by what this connection
 //! actually does, so a client can never be told one framing and sent another.
 
+use crate::wire::field;
 use http::{header, HeaderMap, HeaderName, Method, StatusCode, Version};
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -92,13 +93,15 @@ pub fn head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.extend_from_slice(b"\r\n");
+    let mut dated = false;
     for (name, value) in headers {
         if framing_field(name) {
             continue;
         }
+        dated |= name == header::DATE;
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !headers.contains_key(header::DATE) {
+    if !dated {
         DATE.with_borrow_mut(|d| field(out, b"date", d.now()));
     }
     match framing {
@@ -119,35 +122,6 @@ pub fn head(
     }
     out.extend_from_slice(b"\r\n");
 }
-
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Appends the line that opens a chunk of `len` (> 0) bytes.
-pub fn chunk_start(out: &mut Vec<u8>, len: usize) {
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    let mut n = len;
-    loop {
-        i -= 1;
-        digits[i] = b"0123456789abcdef"[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// What closes a chunk.
-pub const CHUNK_END: &[u8] = b"\r\n";
-/// The last chunk and the end of a chunked body (no trailers).
-pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// The `Date` value, formatted once per second per thread.
 struct DateCache {
@@ -180,7 +154,6 @@ thread_local! {
 mod tests {
     use super::*;
     use http::HeaderValue;
-    use proptest::prelude::*;
 
     fn text(
         version: Version,
@@ -305,17 +278,5 @@ mod tests {
             .duration_since(parsed)
             .expect("not in the future");
         assert!(age.as_secs() < 5, "{date}");
-    }
-
-    proptest! {
-        /// A chunk's size line is the length in hex, as any HTTP parser reads it back.
-        #[test]
-        fn chunk_sizes_are_hex(len in 1usize..usize::MAX) {
-            let mut out = Vec::new();
-            chunk_start(&mut out, len);
-            let line = std::str::from_utf8(&out).expect("ascii");
-            prop_assert!(line.ends_with("\r\n"));
-            prop_assert_eq!(usize::from_str_radix(line.trim_end(), 16).ok(), Some(len));
-        }
     }
 }

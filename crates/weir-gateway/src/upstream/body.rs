@@ -81,14 +81,9 @@ impl UpstreamBody {
                 Ok(Some(None))
             }
             Left::Length(n) => {
-                if conn.read.is_empty() {
+                let Some(data) = crate::wire::take(&mut conn.read, n) else {
                     return Ok(None);
-                }
-                let take = usize::try_from(*n)
-                    .unwrap_or(usize::MAX)
-                    .min(conn.read.len());
-                let data = conn.read.split_to(take).freeze();
-                *n -= take as u64;
+                };
                 if *n == 0 {
                     self.finish();
                 }

@@ -113,17 +113,7 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
     if code == 101 {
         return Err(ProtocolError::Status(101));
     }
-    // Where each field lies in the head, so the values can share the frozen buffer.
-    let base = buf.as_ptr() as usize;
-    let spans: smallvec::SmallVec<[(usize, usize, usize, usize); 24]> = parsed
-        .headers
-        .iter()
-        .map(|h| {
-            let n = h.name.as_ptr() as usize - base;
-            let v = h.value.as_ptr() as usize - base;
-            (n, n + h.name.len(), v, v + h.value.len())
-        })
-        .collect();
+    let spans = crate::wire::Spans::of(buf.as_ptr(), parsed.headers);
     let head = buf.split_to(len).freeze();
     if status.is_informational() {
         return Ok(Parsed::Interim);
@@ -131,11 +121,8 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
     // Room for the fields the gateway adds (request id, rate-limit fields), so they never
     // regrow the map.
     let mut headers = HeaderMap::with_capacity(spans.len() + FIELDS_ADDED);
-    for (ns, ne, vs, ve) in spans {
-        let name = HeaderName::from_bytes(&head[ns..ne])
-            .map_err(|_| ProtocolError::Head(httparse::Error::HeaderName))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-            .map_err(|_| ProtocolError::Head(httparse::Error::HeaderValue))?;
+    for field in spans.fields(&head) {
+        let (name, value) = field.map_err(ProtocolError::Head)?;
         headers.append(name, value);
     }
     let (framing, mut keep_alive) = framing(method, status, &headers)?;
@@ -279,10 +266,7 @@ pub fn write_request_head(
     framing: RequestFraming,
 ) {
     fn field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        crate::wire::field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -368,13 +352,10 @@ impl ChunkedDecoder {
                         ChunkState::Data(size)
                     };
                 }
-                ChunkState::Data(left) => {
-                    if buf.is_empty() {
+                ChunkState::Data(mut left) => {
+                    let Some(data) = crate::wire::take(buf, &mut left) else {
                         return Ok(None);
-                    }
-                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    let data = buf.split_to(n).freeze();
-                    let left = left - n as u64;
+                    };
                     self.state = if left == 0 {
                         ChunkState::DataEnd
                     } else {
@@ -634,6 +615,19 @@ mod tests {
 
     #[test]
     fn the_request_head_owns_its_framing() {
+        /// The head written for these arguments, as text.
+        fn head(
+            method: Method,
+            target: &str,
+            host: &str,
+            headers: &HeaderMap,
+            rewrite: &Rewrite<'_>,
+            framing: RequestFraming,
+        ) -> String {
+            let mut out = Vec::new();
+            write_request_head(&mut out, &method, target, host, headers, rewrite, framing);
+            String::from_utf8_lossy(&out).into_owned()
+        }
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
         headers.insert(
@@ -641,33 +635,21 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         headers.insert("x-request-id", HeaderValue::from_static("abc"));
-        let mut out = Vec::new();
-        write_request_head(
-            &mut out,
-            &Method::POST,
-            "/v1/x?q=1",
-            "up:8080",
-            &headers,
-            &Rewrite::NONE,
-            RequestFraming::Length(3),
-        );
+        let none = Rewrite::NONE;
         assert_eq!(
-            String::from_utf8_lossy(&out),
+            head(Method::POST, "/v1/x?q=1", "up:8080", &headers, &none, RequestFraming::Length(3)),
             "POST /v1/x?q=1 HTTP/1.1\r\nhost: up:8080\r\nx-request-id: abc\r\ncontent-length: 3\r\n\r\n"
         );
         headers.insert(header::HOST, HeaderValue::from_static("given"));
-        out.clear();
-        write_request_head(
-            &mut out,
-            &Method::GET,
-            "/",
-            "up",
-            &headers,
-            &Rewrite::NONE,
-            RequestFraming::None,
-        );
         assert_eq!(
-            String::from_utf8_lossy(&out),
+            head(
+                Method::GET,
+                "/",
+                "up",
+                &headers,
+                &none,
+                RequestFraming::None
+            ),
             "GET / HTTP/1.1\r\nx-request-id: abc\r\nhost: given\r\n\r\n"
         );
         // A rewrite drops fields (the client's Host among them) and adds its own, last.
@@ -683,18 +665,15 @@ mod tests {
             skip: |n| n == header::HOST || n.as_str() == "x-request-id",
             add: [&first, &second],
         };
-        out.clear();
-        write_request_head(
-            &mut out,
-            &Method::GET,
-            "/",
-            "up",
-            &headers,
-            &rewrite,
-            RequestFraming::None,
-        );
         assert_eq!(
-            String::from_utf8_lossy(&out),
+            head(
+                Method::GET,
+                "/",
+                "up",
+                &headers,
+                &rewrite,
+                RequestFraming::None
+            ),
             "GET / HTTP/1.1\r\nhost: up\r\nx-a: 1\r\nx-b: 2\r\n\r\n"
         );
     }

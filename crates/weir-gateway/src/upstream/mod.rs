@@ -41,7 +41,6 @@ use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io::Write as _;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -429,8 +428,7 @@ async fn write_body(
                 }
             }
             if chunked {
-                // Writing to a Vec cannot fail.
-                let _ = write!(conn.write, "{:x}\r\n", data.len());
+                crate::wire::chunk_start(&mut conn.write, data.len());
             }
             if conn.write.len() + data.len() <= WRITE_BATCH {
                 conn.write.extend_from_slice(&data);
@@ -442,7 +440,7 @@ async fn write_body(
                     .map_err(UpstreamError::Write)?;
             }
             if chunked {
-                conn.write.extend_from_slice(b"\r\n");
+                conn.write.extend_from_slice(crate::wire::CHUNK_END);
             }
             if conn.write.len() >= WRITE_BATCH {
                 flush(conn).await?;
@@ -456,7 +454,7 @@ async fn write_body(
             }
         }
         if chunked {
-            conn.write.extend_from_slice(b"0\r\n\r\n");
+            conn.write.extend_from_slice(crate::wire::LAST_CHUNK);
         }
     }
     flush(conn).await

@@ -1393,6 +1393,12 @@ mod http1 {
         (out, closed)
     }
 
+    /// Sends `request` (whole, or the next part of one) and reads as [`responses`] does.
+    async fn exchange(stream: &mut TcpStream, request: &[u8], n: usize) -> (Vec<String>, bool) {
+        stream.write_all(request).await.expect("write");
+        responses(stream, n).await
+    }
+
     fn field<'a>(response: &'a str, name: &str) -> Option<&'a str> {
         response.lines().find_map(|l| {
             let (n, v) = l.split_once(": ")?;
@@ -1411,10 +1417,7 @@ mod http1 {
         let mut s = connect(&gw).await;
         let one = "GET /v1/echo/first HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\nX-Request-Id: req-1\r\n\r\n";
         let two = "GET /v1/echo/second HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\nX-Request-Id: req-2\r\n\r\n";
-        s.write_all(format!("{one}{two}").as_bytes())
-            .await
-            .expect("write");
-        let (got, closed) = responses(&mut s, 2).await;
+        let (got, closed) = exchange(&mut s, format!("{one}{two}").as_bytes(), 2).await;
         assert_eq!(got.len(), 2, "{got:?}");
         assert!(!closed);
         for (r, (path, id)) in got
@@ -1428,8 +1431,7 @@ mod http1 {
             assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
         }
         // And the connection carries a third.
-        s.write_all(one.as_bytes()).await.expect("write");
-        let (got, _) = responses(&mut s, 1).await;
+        let (got, _) = exchange(&mut s, one.as_bytes(), 1).await;
         assert_eq!(field(&got[0], "x-request-id"), Some("req-1"));
     }
 
@@ -1439,10 +1441,7 @@ mod http1 {
         let mut s = connect(&gw).await;
         let post = "POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: t\r\n\r\n";
         let get = "GET /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\n\r\n";
-        s.write_all(format!("{post}{get}").as_bytes())
-            .await
-            .expect("write");
-        let (got, closed) = responses(&mut s, 2).await;
+        let (got, closed) = exchange(&mut s, format!("{post}{get}").as_bytes(), 2).await;
         assert_eq!(got.len(), 2, "{got:?}");
         assert!(!closed);
         assert_eq!(body(&got[0])["body"], "hello world");
@@ -1455,22 +1454,15 @@ mod http1 {
         let gw = start(&config(ECHO, &temp_db("h3"))).await;
         // Accepted: 100 Continue comes before the body is sent, then the answer.
         let mut s = connect(&gw).await;
-        s.write_all(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
-            .await
-            .expect("write");
-        let (got, _) = responses(&mut s, 1).await;
+        let (got, _) = exchange(&mut s, b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n", 1).await;
         assert_eq!(got, vec!["HTTP/1.1 100 Continue\r\n\r\n".to_owned()]);
-        s.write_all(b"ping").await.expect("write");
-        let (got, _) = responses(&mut s, 1).await;
+        let (got, _) = exchange(&mut s, b"ping", 1).await;
         assert!(got[0].starts_with("HTTP/1.1 200 OK\r\n"), "{got:?}");
         assert_eq!(body(&got[0])["body"], "ping");
         // Refused from its head: no 100, the refusal, and the connection closes (the body
         // the client may still send is never taken for a request).
         let mut s = connect(&gw).await;
-        s.write_all(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
-            .await
-            .expect("write");
-        let (got, closed) = responses(&mut s, 2).await;
+        let (got, closed) = exchange(&mut s, b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n", 2).await;
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(
             got[0].starts_with("HTTP/1.1 401 Unauthorized\r\n"),
@@ -1494,8 +1486,7 @@ mod http1 {
         ];
         for (head, status) in cases {
             let mut s = connect(&gw).await;
-            s.write_all(head.as_bytes()).await.expect("write");
-            let (got, closed) = responses(&mut s, 2).await;
+            let (got, closed) = exchange(&mut s, head.as_bytes(), 2).await;
             assert_eq!(got.len(), 1, "{head:?}: {got:?}");
             let r = &got[0];
             assert!(
@@ -1516,10 +1507,12 @@ mod http1 {
         let gw = start(&config(ECHO, &temp_db("h5"))).await;
         // HTTP/1.0 without keep-alive: one answer, then the connection closes.
         let mut s = connect(&gw).await;
-        s.write_all(b"GET /v1/echo HTTP/1.0\r\nAuthorization: Bearer free-secret\r\n\r\n")
-            .await
-            .expect("write");
-        let (got, closed) = responses(&mut s, 2).await;
+        let (got, closed) = exchange(
+            &mut s,
+            b"GET /v1/echo HTTP/1.0\r\nAuthorization: Bearer free-secret\r\n\r\n",
+            2,
+        )
+        .await;
         assert_eq!(got.len(), 1);
         assert!(got[0].starts_with("HTTP/1.1 200 OK\r\n"), "{}", got[0]);
         assert_eq!(field(&got[0], "connection"), Some("close"));
@@ -1527,10 +1520,7 @@ mod http1 {
         // HTTP/1.0 asking for keep-alive is kept alive, and told so.
         let mut s = connect(&gw).await;
         let req = "GET /v1/echo HTTP/1.0\r\nConnection: keep-alive\r\nAuthorization: Bearer free-secret\r\n\r\n";
-        s.write_all(format!("{req}{req}").as_bytes())
-            .await
-            .expect("write");
-        let (got, closed) = responses(&mut s, 2).await;
+        let (got, closed) = exchange(&mut s, format!("{req}{req}").as_bytes(), 2).await;
         assert_eq!(got.len(), 2);
         assert!(!closed);
         assert_eq!(field(&got[0], "connection"), Some("keep-alive"));
@@ -1635,12 +1625,12 @@ mod http1 {
     async fn draining_closes_idle_connections_at_once() {
         let mut gw = start(&config(ECHO, &temp_db("h6"))).await;
         let mut idle = connect(&gw).await;
-        idle.write_all(
+        let (got, _) = exchange(
+            &mut idle,
             b"GET /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\n\r\n",
+            1,
         )
-        .await
-        .expect("write");
-        let (got, _) = responses(&mut idle, 1).await;
+        .await;
         assert_eq!(got.len(), 1);
         let started = std::time::Instant::now();
         let stopping = gw.begin_stop();

@@ -1,0 +1,120 @@
+//! HTTP/1.1 wire pieces both directions share: weir's server side ([`crate::h1`]) and its
+//! upstream client ([`crate::upstream`]) write fields and chunks, and read heads and
+//! bodies, the same way.
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue};
+
+/// Appends one `name: value` field line.
+pub(crate) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the line that opens a chunk of `len` (> 0) bytes: the size in hex, written
+/// without the formatting machinery.
+pub(crate) fn chunk_start(out: &mut Vec<u8>, len: usize) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What closes a chunk.
+pub(crate) const CHUNK_END: &[u8] = b"\r\n";
+/// The last chunk and the end of a chunked body (no trailers).
+pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Takes up to `left` body bytes from the front of `buf` (`None`: nothing buffered), and
+/// counts them off `left`.
+pub(crate) fn take(buf: &mut BytesMut, left: &mut u64) -> Option<Bytes> {
+    if buf.is_empty() || *left == 0 {
+        return None;
+    }
+    let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+    *left -= n as u64;
+    Some(buf.split_to(n).freeze())
+}
+
+/// Where each field of a head `httparse` parsed lies in its buffer, so that once the head
+/// is split off and frozen the values can share its memory instead of being copied.
+pub(crate) struct Spans(smallvec::SmallVec<[(usize, usize, usize, usize); 24]>);
+
+impl Spans {
+    /// The spans of `fields`, parsed from the buffer starting at `base`.
+    pub(crate) fn of(base: *const u8, fields: &[httparse::Header<'_>]) -> Spans {
+        let base = base as usize;
+        Spans(
+            fields
+                .iter()
+                .map(|h| {
+                    let n = h.name.as_ptr() as usize - base;
+                    let v = h.value.as_ptr() as usize - base;
+                    (n, n + h.name.len(), v, v + h.value.len())
+                })
+                .collect(),
+        )
+    }
+
+    /// How many fields.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The fields, read from `head` (the frozen head the spans were taken in); an error
+    /// for a name or value `http` does not accept.
+    pub(crate) fn fields<'a>(
+        &'a self,
+        head: &'a Bytes,
+    ) -> impl Iterator<Item = Result<(HeaderName, HeaderValue), httparse::Error>> + 'a {
+        self.0.iter().map(move |&(ns, ne, vs, ve)| {
+            let name =
+                HeaderName::from_bytes(&head[ns..ne]).map_err(|_| httparse::Error::HeaderName)?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+                .map_err(|_| httparse::Error::HeaderValue)?;
+            Ok((name, value))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn take_counts_off_what_it_takes() {
+        let mut buf = BytesMut::from(&b"abcdef"[..]);
+        let mut left = 4;
+        assert_eq!(take(&mut buf, &mut left).as_deref(), Some(&b"abcd"[..]));
+        assert_eq!((left, &buf[..]), (0, &b"ef"[..]));
+        assert_eq!(take(&mut buf, &mut left), None);
+        let mut left = 10;
+        assert_eq!(take(&mut buf, &mut left).as_deref(), Some(&b"ef"[..]));
+        assert_eq!((left, buf.is_empty()), (8, true));
+        assert_eq!(take(&mut buf, &mut left), None);
+    }
+
+    proptest! {
+        /// A chunk's size line is the length in hex, as any HTTP parser reads it back.
+        #[test]
+        fn chunk_sizes_are_hex(len in 1usize..usize::MAX) {
+            let mut out = Vec::new();
+            chunk_start(&mut out, len);
+            let line = std::str::from_utf8(&out).expect("ascii");
+            prop_assert!(line.ends_with("\r\n"));
+            prop_assert_eq!(usize::from_str_radix(line.trim_end(), 16).ok(), Some(len));
+        }
+    }
+}
