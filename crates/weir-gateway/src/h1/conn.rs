@@ -220,11 +220,20 @@ async fn read_head(
     mut woken: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
 ) -> Result<Option<RequestHead>, Failed> {
     let mut deadline: Option<Instant> = None;
+    // How much of the buffer an earlier attempt found no whole head in: after the first
+    // attempt, the head is parsed again only once the bytes since could end it, so a client
+    // that sends its head a byte at a time costs linear work, not a parse per byte.
+    let mut tried: Option<usize> = None;
     loop {
-        if !reader.buf.is_empty() {
+        let worth_parsing = match tried {
+            None => !reader.buf.is_empty(),
+            Some(seen) => head::may_end(&reader.buf, seen),
+        };
+        if worth_parsing {
             if let Some(head) = head::parse(&mut reader.buf).map_err(Failed::Head)? {
                 return Ok(Some(head));
             }
+            tried = Some(reader.buf.len());
         }
         // The clock is read once per head that has to be waited for.
         let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);

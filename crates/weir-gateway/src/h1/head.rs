@@ -199,6 +199,25 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
     }))
 }
 
+/// Whether `buf`, in which no whole head was found among its first `seen` bytes, may now
+/// hold one: a head ends with an empty line (`\n\n` or `\n\r\n`, `httparse` accepting bare
+/// LF), and past [`MAX_HEAD`] it is refused. Only the bytes since `seen` (and the two
+/// before, for an end split across reads) are looked at.
+pub fn may_end(buf: &[u8], seen: usize) -> bool {
+    if buf.len() > MAX_HEAD {
+        return true;
+    }
+    let new = buf.get(seen.saturating_sub(2)..).unwrap_or(&[]);
+    new.iter().enumerate().any(|(i, &b)| {
+        b == b'\n'
+            && match new.get(i + 1) {
+                Some(b'\n') => true,
+                Some(b'\r') => new.get(i + 2) == Some(&b'\n'),
+                _ => false,
+            }
+    })
+}
+
 /// A `Content-Length` value: digits only (no sign, no spaces), at most 19 of them so it
 /// fits a `u64`.
 fn parse_length(digits: &[u8]) -> Option<u64> {
@@ -380,6 +399,29 @@ mod tests {
             let before = buf.len();
             if let Ok(Some(_)) = parse(&mut buf) {
                 prop_assert!(buf.len() < before);
+            }
+        }
+
+        /// Parsing again only when [`may_end`] says so never misses a head: wherever the
+        /// bytes were split, a head that is whole after the split is seen as possibly whole.
+        #[test]
+        fn may_end_never_hides_a_whole_head(
+            fields in proptest::collection::vec(("[a-z]{1,8}", "[ -~]{0,12}"), 0..6),
+            bare_lf in any::<bool>(),
+            split in 0usize..200,
+        ) {
+            let eol = if bare_lf { "\n" } else { "\r\n" };
+            let mut text = format!("GET /x HTTP/1.1{eol}");
+            for (n, v) in &fields {
+                text.push_str(&format!("{n}: {v}{eol}"));
+            }
+            text.push_str(eol);
+            text.push_str("NEXT");
+            let split = split.min(text.len());
+            let before = parse(&mut BytesMut::from(&text.as_bytes()[..split]));
+            let after = parse(&mut BytesMut::from(text.as_bytes()));
+            if matches!(before, Ok(None)) && !matches!(after, Ok(None)) {
+                prop_assert!(may_end(text.as_bytes(), split));
             }
         }
 

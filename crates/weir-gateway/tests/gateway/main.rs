@@ -1436,6 +1436,24 @@ mod http1 {
     }
 
     #[tokio::test]
+    async fn a_head_sent_a_byte_at_a_time_is_answered() {
+        let gw = start(&config(ECHO, &temp_db("h8"))).await;
+        let mut s = connect(&gw).await;
+        s.set_nodelay(true).expect("nodelay");
+        let request = b"GET /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\nX-Request-Id: trickle\r\n\r\n";
+        for byte in request {
+            s.write_all(std::slice::from_ref(byte))
+                .await
+                .expect("write");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (got, _) = responses(&mut s, 1).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("HTTP/1.1 200 OK\r\n"), "{}", got[0]);
+        assert_eq!(field(&got[0], "x-request-id"), Some("trickle"));
+    }
+
+    #[tokio::test]
     async fn a_chunked_request_body_is_read_and_the_connection_reused() {
         let gw = start(&config(ECHO, &temp_db("h2"))).await;
         let mut s = connect(&gw).await;
