@@ -319,6 +319,14 @@ impl Gateway {
         self.runtime.load_full()
     }
 
+    /// Brings the gauges that are read rather than counted (the breakers' states) up to
+    /// date; `/metrics` calls it before rendering. The request path's series are in
+    /// [`crate::tally`].
+    pub fn publish_gauges(&self) {
+        let rt = self.runtime.load();
+        rt.metrics.show_breakers(&rt.breakers);
+    }
+
     /// The limiter.
     pub fn limiter(&self) -> &AnyLimiter {
         &self.limiter
@@ -929,11 +937,7 @@ impl Gateway {
         };
         let success = matches!(&result, Ok(r) if r.status().as_u16() < 500);
         breaker.record(answered, success, probe);
-        rt.metrics.upstream(
-            &route.upstream,
-            elapsed.as_secs_f64(),
-            f64::from(breaker.state_code()),
-        );
+        rt.metrics.upstream(&route.upstream, elapsed.as_secs_f64());
         let resp = result?;
         let (mut rparts, rbody) = resp.into_parts();
         crate::hop::strip(&mut rparts.headers);

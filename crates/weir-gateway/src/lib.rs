@@ -18,6 +18,7 @@ pub mod identity;
 pub mod layer;
 pub mod respond;
 pub mod server;
+pub mod tally;
 mod telemetry;
 pub mod upstream;
 mod wire;

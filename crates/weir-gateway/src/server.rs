@@ -14,12 +14,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// Bucket upper bounds (seconds) of every latency histogram: true Prometheus histograms,
-/// which (unlike summaries) can be aggregated across instances.
-pub const LATENCY_BUCKETS: [f64; 16] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
-];
+pub use crate::tally::LATENCY_BUCKETS;
 
 /// How often recorded histogram samples are folded into their buckets. The exporter buffers
 /// every sample until then (or until a scrape), so without this a gateway nobody scrapes
@@ -133,6 +128,7 @@ impl Server {
         let draining = self.draining.clone();
         let handle = metrics_handle();
         let gw = self.gateway.clone();
+        let scraped = self.gateway.clone();
         let admin_app = axum::Router::new()
             .route(
                 "/healthz",
@@ -158,7 +154,14 @@ impl Server {
                     }
                 }),
             )
-            .route("/metrics", get(move || std::future::ready(handle.render())));
+            .route(
+                "/metrics",
+                // The exporter's series, then the request path's per-thread ones.
+                get(move || {
+                    scraped.publish_gauges();
+                    std::future::ready(handle.render() + &crate::tally::render())
+                }),
+            );
         let upkeep = {
             let handle = metrics_handle();
             tokio::spawn(async move {

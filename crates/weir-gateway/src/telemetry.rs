@@ -1,22 +1,23 @@
-//! The gateway's metrics, with their handles resolved ahead of the request path.
+//! The gateway's request-path metrics, with their cells resolved ahead of the request path.
 //!
-//! `metrics::counter!("…", "route" => route.clone(), …)` looks the series up in the global
-//! registry on every call: it allocates each label value and hashes and compares the whole
-//! label set. On the request path that was paid several times per request. Instead:
-//!
-//! * series whose labels come from the configuration alone (per route, per upstream, per
-//!   limiter outcome) are registered once per configuration, in [`Metrics::new`];
-//! * `weir_requests_total{route, status, code}`, whose status and code vary, is cached per
-//!   worker thread under an integer key (configuration generation, route index, status,
-//!   the address of the catalogue's `&'static` code), so a hit compares no strings.
-//!
-//! Handles are the registry's own atomics, so what `/metrics` reports is unchanged.
+//! `weir_requests_total{route, status, code}`, `weir_limiter_decisions_total{outcome}`,
+//! `weir_request_duration_seconds{route}` and `weir_upstream_latency_seconds{upstream}` are
+//! counted every request, so they live in [`crate::tally`]: one cell per thread, summed when
+//! `/metrics` is scraped. Each thread keeps its cells in a cache under integer keys
+//! (configuration generation, route or upstream index, status, the address of the
+//! catalogue's `&'static` code), so counting compares no strings and takes no lock; the
+//! registry's lock is taken once per thread and series. `weir_breaker_state{upstream}`
+//! stays a `metrics` gauge, set from the breakers when `/metrics` is scraped
+//! ([`Metrics::show_breakers`]), not by every request.
 
 use crate::config::Config;
-use metrics::{Counter, Gauge, Histogram};
+use crate::tally::{self, Count, Latency};
+use metrics::Gauge;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use weir_limit::breaker::Breaker;
 
 /// The label of requests no route matched.
 pub const NO_ROUTE: &str = "(none)";
@@ -36,66 +37,65 @@ pub enum Decided {
 
 const OUTCOMES: [&str; 4] = ["admitted", "rejected", "cost_exceeds_limit", "error"];
 
-/// Per-upstream series.
-struct UpstreamSeries {
-    latency: Histogram,
-    breaker: Gauge,
-}
-
 /// The series of one configuration (rebuilt on reload).
 pub struct Metrics {
     generation: u64,
     /// Route names by index, then [`NO_ROUTE`] last.
     route_names: Vec<String>,
-    /// `weir_request_duration_seconds{route}`, indexed like `route_names`.
-    durations: Vec<Histogram>,
-    upstreams: BTreeMap<String, UpstreamSeries>,
-    decisions: [Counter; 4],
+    /// Upstream names and their index in [`Local::upstreams`].
+    upstreams: BTreeMap<String, usize>,
+    /// `weir_breaker_state{upstream}` by upstream name.
+    breakers: BTreeMap<String, Gauge>,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// Past this many `(route, status, code)` series a thread stops caching (only reachable
-/// through a huge configuration; the registry still counts correctly).
+/// through a huge configuration; the count is still kept, through the registry).
 const MAX_CACHED: usize = 4096;
 
-type Key = (u64, usize, u16, usize, usize);
+/// `(route index, status, code address, code length)`.
+type Key = (usize, u16, usize, usize);
+
+/// One thread's cells for the current configuration.
+#[derive(Default)]
+struct Local {
+    generation: u64,
+    requests: hashbrown::HashMap<Key, Arc<Count>>,
+    durations: Vec<Option<Arc<Latency>>>,
+    upstreams: Vec<Option<Arc<Latency>>>,
+    decisions: [Option<Arc<Count>>; 4],
+}
 
 thread_local! {
-    static REQUESTS: RefCell<(u64, hashbrown::HashMap<Key, Counter>)> =
-        RefCell::new((0, hashbrown::HashMap::new()));
+    static LOCAL: RefCell<Local> = RefCell::new(Local::default());
 }
 
 impl Metrics {
-    /// Registers the series of `config`.
+    /// The series of `config` (the breaker gauges are registered here; the per-thread cells
+    /// on each thread's first use).
     pub fn new(config: &Config) -> Metrics {
         let mut route_names: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
         route_names.push(NO_ROUTE.to_owned());
-        let durations = route_names
-            .iter()
-            .map(|r| metrics::histogram!("weir_request_duration_seconds", "route" => r.clone()))
-            .collect();
         let upstreams = config
             .upstreams
             .keys()
+            .enumerate()
+            .map(|(i, u)| (u.clone(), i))
+            .collect();
+        let breakers = config
+            .upstreams
+            .keys()
             .map(|u| {
-                (
-                    u.clone(),
-                    UpstreamSeries {
-                        latency: metrics::histogram!("weir_upstream_latency_seconds", "upstream" => u.clone()),
-                        breaker: metrics::gauge!("weir_breaker_state", "upstream" => u.clone()),
-                    },
-                )
+                let gauge = metrics::gauge!("weir_breaker_state", "upstream" => u.clone());
+                (u.clone(), gauge)
             })
             .collect();
-        let decisions =
-            OUTCOMES.map(|o| metrics::counter!("weir_limiter_decisions_total", "outcome" => o));
         Metrics {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
             route_names,
-            durations,
             upstreams,
-            decisions,
+            breakers,
         }
     }
 
@@ -104,64 +104,130 @@ impl Metrics {
         route.filter(|&i| i < none).unwrap_or(none)
     }
 
+    fn route_name(&self, r: usize) -> String {
+        self.route_names
+            .get(r)
+            .map_or(NO_ROUTE, String::as_str)
+            .to_owned()
+    }
+
+    /// Runs `f` on this thread's cells for this configuration; `false` when the thread's
+    /// cache cannot be used (the thread is ending, or `f` is re-entered).
+    fn local(&self, f: impl FnOnce(&mut Local)) -> bool {
+        LOCAL
+            .try_with(|cell| {
+                let Ok(mut local) = cell.try_borrow_mut() else {
+                    return false;
+                };
+                if local.generation != self.generation {
+                    // A reload: the old configuration's keys will not be seen again (the
+                    // cells stay registered, and counted).
+                    *local = Local {
+                        generation: self.generation,
+                        ..Local::default()
+                    };
+                }
+                f(&mut local);
+                true
+            })
+            .unwrap_or(false)
+    }
+
     /// One request answered: `weir_requests_total` and `weir_request_duration_seconds`.
     pub fn request(&self, route: Option<usize>, status: u16, code: &'static str, seconds: f64) {
         let r = self.route_index(route);
-        if let Some(h) = self.durations.get(r) {
-            h.record(seconds);
-        }
-        let key = (
-            self.generation,
-            r,
-            status,
-            code.as_ptr() as usize,
-            code.len(),
-        );
-        let register = || {
-            let route = self.route_names.get(r).map_or(NO_ROUTE, String::as_str);
-            let status = itoa::Buffer::new().format(status).to_owned();
-            metrics::counter!("weir_requests_total", "route" => route.to_owned(), "status" => status, "code" => code)
+        let duration = || {
+            tally::histogram(
+                "weir_request_duration_seconds",
+                vec![("route", self.route_name(r))],
+            )
         };
-        let counted = REQUESTS.try_with(|cell| {
-            let Ok(mut cache) = cell.try_borrow_mut() else {
-                return false;
-            };
-            let (generation, map) = &mut *cache;
-            if *generation != self.generation {
-                // A reload: the old configuration's keys will not be seen again.
-                *generation = self.generation;
-                map.clear();
+        let requests = || {
+            let status = itoa::Buffer::new().format(status).to_owned();
+            tally::counter(
+                "weir_requests_total",
+                vec![
+                    ("route", self.route_name(r)),
+                    ("status", status),
+                    ("code", code.to_owned()),
+                ],
+            )
+        };
+        let key = (r, status, code.as_ptr() as usize, code.len());
+        let counted = self.local(|local| {
+            if local.durations.len() <= r {
+                local.durations.resize(r + 1, None);
             }
-            if let Some(c) = map.get(&key) {
-                c.increment(1);
-                return true;
+            if let Some(slot) = local.durations.get_mut(r) {
+                slot.get_or_insert_with(duration).record(seconds);
             }
-            if map.len() >= MAX_CACHED {
-                return false;
+            if let Some(c) = local.requests.get(&key) {
+                c.add(1);
+            } else if local.requests.len() < MAX_CACHED {
+                let c = requests();
+                c.add(1);
+                local.requests.insert(key, c);
+            } else {
+                requests().add(1);
             }
-            let c = register();
-            c.increment(1);
-            map.insert(key, c);
-            true
         });
-        if !matches!(counted, Ok(true)) {
-            register().increment(1);
+        if !counted {
+            duration().record(seconds);
+            requests().add(1);
         }
     }
 
     /// One limiter decision.
     pub fn decision(&self, outcome: Decided) {
-        if let Some(c) = self.decisions.get(outcome as usize) {
-            c.increment(1);
+        let i = outcome as usize;
+        let cell = || {
+            let label = OUTCOMES.get(i).copied().unwrap_or("error");
+            tally::counter(
+                "weir_limiter_decisions_total",
+                vec![("outcome", label.to_owned())],
+            )
+        };
+        let counted = self.local(|local| {
+            if let Some(slot) = local.decisions.get_mut(i) {
+                slot.get_or_insert_with(cell).add(1);
+            }
+        });
+        if !counted {
+            cell().add(1);
         }
     }
 
-    /// One upstream call: its latency and the breaker's state after it (0 closed,
-    /// 1 half-open, 2 open).
-    pub fn upstream(&self, upstream: &str, seconds: f64, breaker_state: f64) {
-        if let Some(u) = self.upstreams.get(upstream) {
-            u.latency.record(seconds);
-            u.breaker.set(breaker_state);
+    /// One upstream call's latency.
+    pub fn upstream(&self, upstream: &str, seconds: f64) {
+        let Some(&u) = self.upstreams.get(upstream) else {
+            return;
+        };
+        let cell = || {
+            tally::histogram(
+                "weir_upstream_latency_seconds",
+                vec![("upstream", upstream.to_owned())],
+            )
+        };
+        let counted = self.local(|local| {
+            if local.upstreams.len() <= u {
+                local.upstreams.resize(u + 1, None);
+            }
+            if let Some(slot) = local.upstreams.get_mut(u) {
+                slot.get_or_insert_with(cell).record(seconds);
+            }
+        });
+        if !counted {
+            cell().record(seconds);
+        }
+    }
+
+    /// Sets `weir_breaker_state{upstream}` (0 closed, 1 open, 2 half-open) from the
+    /// breakers themselves, so a scrape sees their state at that moment.
+    pub fn show_breakers(&self, breakers: &BTreeMap<String, Arc<Breaker>>) {
+        for (name, breaker) in breakers {
+            if let Some(g) = self.breakers.get(name) {
+                g.set(f64::from(breaker.state_code()));
+            }
         }
     }
 }
