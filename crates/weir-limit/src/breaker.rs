@@ -9,6 +9,7 @@
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Breaker settings.
@@ -71,6 +72,11 @@ struct State {
 pub struct Breaker {
     config: BreakerConfig,
     state: Mutex<State>,
+    /// Whether the phase is `Closed`, readable without the lock: every request asks
+    /// [`Breaker::admit`], and while closed (nearly always) the answer needs nothing else,
+    /// so the busy path takes the shared lock once per request (to record), not twice.
+    /// Written only under the lock, together with the phase.
+    closed: AtomicBool,
 }
 
 impl Breaker {
@@ -82,7 +88,15 @@ impl Breaker {
                 phase: Phase::Closed,
                 buckets: VecDeque::new(),
             }),
+            closed: AtomicBool::new(true),
         }
+    }
+
+    /// Moves to `phase` (the caller holds the lock on `s`).
+    fn enter(&self, s: &mut State, phase: Phase) {
+        s.phase = phase;
+        self.closed
+            .store(matches!(phase, Phase::Closed), Ordering::Release);
     }
 
     /// 0 closed, 1 open, 2 half-open (for the metrics gauge).
@@ -96,6 +110,16 @@ impl Breaker {
 
     /// May a request go to the upstream now?
     pub fn admit(&self, now: Instant) -> Admission {
+        // A request admitted while another thread is opening the breaker is one that
+        // arrived a moment earlier: no different from taking the lock first.
+        if self.closed.load(Ordering::Acquire) {
+            return Admission::Allowed { probe: false };
+        }
+        self.admit_locked(now)
+    }
+
+    /// [`Breaker::admit`] under the lock.
+    fn admit_locked(&self, now: Instant) -> Admission {
         let mut s = self.state.lock();
         match s.phase {
             Phase::Closed => Admission::Allowed { probe: false },
@@ -103,11 +127,11 @@ impl Breaker {
                 retry_after: until - now,
             },
             Phase::Open { .. } => {
-                s.phase = Phase::HalfOpen { probes: 1 };
+                self.enter(&mut s, Phase::HalfOpen { probes: 1 });
                 Admission::Allowed { probe: true }
             }
             Phase::HalfOpen { probes } if probes < self.config.half_open_probes => {
-                s.phase = Phase::HalfOpen { probes: probes + 1 };
+                self.enter(&mut s, Phase::HalfOpen { probes: probes + 1 });
                 Admission::Allowed { probe: true }
             }
             Phase::HalfOpen { .. } => Admission::Open {
@@ -121,12 +145,11 @@ impl Breaker {
         let mut s = self.state.lock();
         if probe || matches!(s.phase, Phase::HalfOpen { .. }) {
             if success {
-                s.phase = Phase::Closed;
+                self.enter(&mut s, Phase::Closed);
                 s.buckets.clear();
             } else {
-                s.phase = Phase::Open {
-                    until: now + self.config.open_for,
-                };
+                let until = now + self.config.open_for;
+                self.enter(&mut s, Phase::Open { until });
             }
             return;
         }
@@ -161,9 +184,8 @@ impl Breaker {
         if total >= self.config.min_requests
             && fail as f64 >= self.config.failure_ratio * total as f64
         {
-            s.phase = Phase::Open {
-                until: now + self.config.open_for,
-            };
+            let until = now + self.config.open_for;
+            self.enter(&mut s, Phase::Open { until });
             s.buckets.clear();
         }
     }
@@ -218,6 +240,38 @@ mod tests {
         b.record(t2, true, true);
         assert_eq!(b.admit(t2), Admission::Allowed { probe: false });
         assert_eq!(b.state_code(), 0);
+    }
+
+    proptest::proptest! {
+        /// The lock-free answer while closed changes nothing: a breaker asked through
+        /// `admit` answers every step of any sequence exactly as one asked only under the
+        /// lock, and its `closed` flag always says whether the phase is `Closed`.
+        #[test]
+        fn the_closed_fast_path_answers_as_the_lock_does(
+            steps in proptest::collection::vec((0u8..3, 0u64..3000, proptest::bool::ANY), 1..200),
+        ) {
+            let (fast, locked) = (breaker(), breaker());
+            let mut now = Instant::now();
+            let (mut probe_fast, mut probe_locked) = (false, false);
+            for (op, advance_ms, success) in steps {
+                now += Duration::from_millis(advance_ms);
+                if op == 0 {
+                    let (a, b) = (fast.admit(now), locked.admit_locked(now));
+                    proptest::prop_assert_eq!(a, b);
+                    probe_fast = matches!(a, Admission::Allowed { probe: true });
+                    probe_locked = matches!(b, Admission::Allowed { probe: true });
+                } else {
+                    fast.record(now, success, probe_fast);
+                    locked.record(now, success, probe_locked);
+                }
+                let phase = fast.state.lock().phase;
+                proptest::prop_assert_eq!(
+                    fast.closed.load(Ordering::Acquire),
+                    matches!(phase, Phase::Closed)
+                );
+                proptest::prop_assert_eq!(fast.state_code(), locked.state_code());
+            }
+        }
     }
 
     #[test]
