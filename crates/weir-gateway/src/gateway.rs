@@ -112,6 +112,39 @@ pub struct Runtime {
     breakers: BTreeMap<String, Arc<Breaker>>,
 }
 
+/// A thread's handle on the current [`Runtime`] (see [`Gateway::view`]); it dereferences
+/// to the runtime.
+pub(crate) struct View {
+    rt: Arc<Runtime>,
+    /// This thread's own copies of the upstream targets. Each request clones its target's
+    /// authority, which bumps a reference count: one shared by every worker thread would be
+    /// written by all of them on every request.
+    targets: BTreeMap<String, Target>,
+}
+
+impl View {
+    fn of(rt: Arc<Runtime>) -> View {
+        let targets = rt
+            .targets
+            .iter()
+            .map(|(name, t)| (name.clone(), t.copy()))
+            .collect();
+        View { rt, targets }
+    }
+}
+
+impl std::ops::Deref for View {
+    type Target = Runtime;
+    fn deref(&self) -> &Runtime {
+        &self.rt
+    }
+}
+
+thread_local! {
+    /// The view of the runtime this thread used last.
+    static VIEW: std::cell::RefCell<Option<Arc<View>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// The gateway.
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
@@ -314,6 +347,31 @@ impl Gateway {
         Ok(Arc::new(gateway))
     }
 
+    /// The current runtime, through this thread's view of it. Every request needs the
+    /// runtime for its whole life; cloning the `Arc<Runtime>` itself would write its
+    /// reference count, which every worker thread shares, twice per request. The view is
+    /// this thread's own (only this thread writes its count) and is made again when the
+    /// runtime changes: after a reload, or for another gateway on this thread. A thread
+    /// keeps the runtime it used last alive until then.
+    fn view(&self) -> Arc<View> {
+        let current = self.runtime.load();
+        let cached = VIEW.try_with(|cell| {
+            let mut cell = cell.try_borrow_mut().ok()?;
+            match &*cell {
+                Some(view) if Arc::ptr_eq(&view.rt, &current) => Some(view.clone()),
+                _ => {
+                    let view = Arc::new(View::of(Arc::clone(&current)));
+                    *cell = Some(view.clone());
+                    Some(view)
+                }
+            }
+        });
+        match cached {
+            Ok(Some(view)) => view,
+            _ => Arc::new(View::of(arc_swap::Guard::into_inner(current))),
+        }
+    }
+
     /// The current runtime configuration.
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
@@ -374,7 +432,8 @@ impl Gateway {
     /// Answers one request from `peer`.
     pub async fn handle(&self, req: Request<Body>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
-        let rt = self.runtime.load_full();
+        let view = self.view();
+        let rt: &Runtime = &view;
         let request_id = req
             .headers()
             .get(names::X_REQUEST_ID)
@@ -405,7 +464,7 @@ impl Gateway {
         let (parts, body) = req.into_parts();
         let mut slot = Some(body);
         let result = self
-            .pipeline(&rt, &mut ctx, parts, &mut slot, peer, accept_problem)
+            .pipeline(&view, &mut ctx, parts, &mut slot, peer, accept_problem)
             .await;
         if let Some(unread) = slot.take().filter(|_| result.is_err()) {
             linger(unread);
@@ -517,7 +576,7 @@ impl Gateway {
 
     async fn pipeline<'r>(
         &self,
-        rt: &'r Runtime,
+        rt: &'r View,
         ctx: &mut Ctx<'r>,
         parts: http::request::Parts,
         body: &mut Option<Body>,
@@ -821,7 +880,7 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
-        rt: &Runtime,
+        rt: &View,
         ctx: &mut Ctx<'_>,
         route: &RouteConfig,
         key: Option<&ApiKey>,
@@ -1142,6 +1201,16 @@ impl Target {
             authority: uri.authority()?.clone(),
         })
     }
+
+    /// A copy that shares no reference count with `self`.
+    fn copy(&self) -> Target {
+        let authority = Bytes::copy_from_slice(self.authority.as_str().as_bytes());
+        Target {
+            scheme: self.scheme.clone(),
+            authority: http::uri::Authority::from_maybe_shared(authority)
+                .unwrap_or_else(|_| self.authority.clone()),
+        }
+    }
 }
 
 /// The upstream URI for a request URI: `base` + the request's path and query.
@@ -1228,6 +1297,39 @@ impl Runtime {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn upstream_config(url: &str) -> Config {
+        Config::parse(&format!(
+            "[upstreams.up]\nurl = \"{url}\"\n[[routes]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"up\"\nauth = false\n"
+        ))
+        .expect("config")
+    }
+
+    /// A thread's view is reused while the runtime stays, made again after a reload (so a
+    /// reload is never missed), and its targets are copies that share no reference count.
+    #[tokio::test]
+    async fn a_thread_view_follows_reloads() {
+        let gw = Gateway::new(upstream_config("http://127.0.0.1:1"))
+            .await
+            .expect("gateway");
+        let (a, b) = (gw.view(), gw.view());
+        assert!(Arc::ptr_eq(&a, &b), "the same view while the runtime stays");
+        assert!(Arc::ptr_eq(&a.rt, &gw.runtime()));
+        let shared = &gw.runtime().targets["up"].authority;
+        let own = &a.targets["up"].authority;
+        assert_eq!(own, shared);
+        assert_ne!(
+            own.as_str().as_ptr(),
+            shared.as_str().as_ptr(),
+            "a copy, not a clone"
+        );
+        gw.reload(upstream_config("http://127.0.0.1:2"))
+            .expect("reload");
+        let c = gw.view();
+        assert!(!Arc::ptr_eq(&a, &c), "a reload makes a new view");
+        assert!(Arc::ptr_eq(&c.rt, &gw.runtime()));
+        assert_eq!(c.targets["up"].authority.as_str(), "127.0.0.1:2");
+    }
 
     proptest! {
         /// The text of any address is its standard notation (the IPv4 fast path included).
