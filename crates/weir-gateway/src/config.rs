@@ -110,7 +110,7 @@ fn default_admin() -> String {
     "127.0.0.1:9090".into()
 }
 fn default_balance() -> String {
-    "none".into()
+    "least-connections".into()
 }
 fn yes() -> bool {
     true
@@ -1030,12 +1030,11 @@ mod tests {
             .expect_err("unknown balance");
         assert_eq!(e.path, "server.connection_balance");
         assert!(e.message.contains("least-connections"), "{e}");
-        let ok = Config::parse("[server]\nconnection_balance = \"least-connections\"\n")
-            .expect("least-connections");
-        assert_eq!(ok.connection_balance, BalanceMode::LeastConnections);
+        let ok = Config::parse("[server]\nconnection_balance = \"none\"\n").expect("none");
+        assert_eq!(ok.connection_balance, BalanceMode::None);
         assert_eq!(
             Config::parse("").expect("defaults").connection_balance,
-            BalanceMode::None
+            BalanceMode::LeastConnections
         );
         let e = Config::parse("[server]\nworkers = 100000\n").expect_err("too many workers");
         assert_eq!(e.path, "server.workers");
