@@ -88,6 +88,29 @@ impl Spans {
     }
 }
 
+/// The longest head (request or response) either side accepts.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+
+/// Whether `buf`, in which no whole head was found among its first `seen` bytes, may now
+/// hold one: a head ends with an empty line (`\n\n` or `\n\r\n`, `httparse` accepting bare
+/// LF), and past [`MAX_HEAD`] it is refused. Only the bytes since `seen` (and the two
+/// before, for an end split across reads) are looked at, so a head that arrives a byte at
+/// a time costs linear work, not a parse per byte.
+pub(crate) fn may_end(buf: &[u8], seen: usize) -> bool {
+    if buf.len() > MAX_HEAD {
+        return true;
+    }
+    let new = buf.get(seen.saturating_sub(2)..).unwrap_or(&[]);
+    new.iter().enumerate().any(|(i, &b)| {
+        b == b'\n'
+            && match new.get(i + 1) {
+                Some(b'\n') => true,
+                Some(b'\r') => new.get(i + 2) == Some(&b'\n'),
+                _ => false,
+            }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -430,3 +430,36 @@ async fn a_connection_with_bytes_past_its_response_is_not_reused() {
         assert_eq!(accepted.load(Ordering::SeqCst), n);
     }
 }
+
+#[tokio::test]
+async fn a_response_head_sent_a_byte_at_a_time_is_read() {
+    // An interim response, then the final head, each byte its own write (and segment).
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let mut seen = Vec::new();
+        if read_request(&mut stream, &mut seen).await.is_none() {
+            return;
+        }
+        let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nx-slow: yes\r\ncontent-length: 4\r\n\r\nslow";
+        for b in answer {
+            if stream.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    let pool = UpstreamPool::new();
+    // A bound, so that a head never parsed again fails the test instead of hanging it.
+    let resp = tokio::time::timeout(Duration::from_secs(10), pool.send(get(&addr, "/")))
+        .await
+        .expect("answered")
+        .expect("response");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-slow"], "yes");
+    assert_eq!(text(resp).await, "slow");
+}

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use http::{header, HeaderMap, Method, Uri, Version};
 
 /// The largest request head accepted (request line and fields); larger gets 431.
-pub const MAX_HEAD: usize = 64 * 1024;
+pub const MAX_HEAD: usize = crate::wire::MAX_HEAD;
 /// The most fields a request head may have; more gets 431.
 pub const MAX_FIELDS: usize = 100;
 
@@ -200,22 +200,9 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
 }
 
 /// Whether `buf`, in which no whole head was found among its first `seen` bytes, may now
-/// hold one: a head ends with an empty line (`\n\n` or `\n\r\n`, `httparse` accepting bare
-/// LF), and past [`MAX_HEAD`] it is refused. Only the bytes since `seen` (and the two
-/// before, for an end split across reads) are looked at.
+/// hold one (shared with the upstream client's response heads).
 pub fn may_end(buf: &[u8], seen: usize) -> bool {
-    if buf.len() > MAX_HEAD {
-        return true;
-    }
-    let new = buf.get(seen.saturating_sub(2)..).unwrap_or(&[]);
-    new.iter().enumerate().any(|(i, &b)| {
-        b == b'\n'
-            && match new.get(i + 1) {
-                Some(b'\n') => true,
-                Some(b'\r') => new.get(i + 2) == Some(&b'\n'),
-                _ => false,
-            }
-    })
+    crate::wire::may_end(buf, seen)
 }
 
 /// A `Content-Length` value: digits only (no sign, no spaces), at most 19 of them so it

@@ -11,7 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
 /// The largest response head accepted (status line and fields).
-pub const MAX_HEAD: usize = 64 * 1024;
+pub const MAX_HEAD: usize = crate::wire::MAX_HEAD;
 /// The most fields a response head may have.
 pub const MAX_HEADERS: usize = 128;
 /// Fields a proxy typically adds to a response (request id, five rate-limit fields, a spare).

@@ -312,11 +312,27 @@ impl UpstreamPool {
             RequestFraming::None | RequestFraming::Length(0) => flush(&mut conn).await?,
             _ => Box::pin(write_body(&mut conn, body, framing)).await?,
         }
+        // As on the server side: after a first attempt, the head is parsed again only once
+        // the newly arrived bytes could end it (`wire::may_end`), so an upstream sending its
+        // head a byte at a time costs linear work.
+        let mut tried: Option<usize> = None;
         let head = loop {
-            match codec::parse_head(&mut conn.read, &parts.method)? {
-                Parsed::Final(head) => break head,
-                Parsed::Interim => continue,
-                Parsed::Partial => {}
+            let worth_parsing = match tried {
+                // The first attempt is made as soon as there are bytes, so a malformed
+                // start is refused at once.
+                None => !conn.read.is_empty(),
+                Some(seen) => crate::wire::may_end(&conn.read, seen),
+            };
+            if worth_parsing {
+                match codec::parse_head(&mut conn.read, &parts.method)? {
+                    Parsed::Final(head) => break head,
+                    // Consumed: what is left is the start of another head.
+                    Parsed::Interim => {
+                        tried = None;
+                        continue;
+                    }
+                    Parsed::Partial => tried = Some(conn.read.len()),
+                }
             }
             let nothing_yet = conn.read.is_empty();
             match conn.fill().await {
