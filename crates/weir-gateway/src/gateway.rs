@@ -145,6 +145,53 @@ thread_local! {
     static VIEW: std::cell::RefCell<Option<Arc<View>>> = const { std::cell::RefCell::new(None) };
 }
 
+/// The fields weir adds to a response it answers (see [`Gateway::answer`]): `X-Request-Id`
+/// and the rate-limit fields. Each replaces a field of the same name the response has.
+pub(crate) struct Stamp {
+    request_id: HeaderValue,
+    decision: Option<Decision>,
+    view: Arc<View>,
+}
+
+impl Stamp {
+    /// Puts the fields into `h`.
+    pub(crate) fn apply(&self, h: &mut HeaderMap) {
+        h.insert(names::X_REQUEST_ID, self.request_id.clone());
+        if let Some(d) = &self.decision {
+            let (names, ietf) = (&self.view.field_names, self.view.config.ratelimit_fields);
+            respond::apply_limit_headers(h, d, names, ietf);
+        }
+    }
+
+    /// Whether the response's own field `name` gives way to one of these: exactly the
+    /// names [`Stamp::write`] writes.
+    pub(crate) fn replaces(&self, name: &HeaderName) -> bool {
+        match name.as_str() {
+            "x-request-id" => true,
+            "x-ratelimit-limit" | "x-ratelimit-remaining" | "x-ratelimit-reset" => self
+                .decision
+                .as_ref()
+                .is_some_and(|d| d.limiting_status().is_some()),
+            "ratelimit" | "ratelimit-policy" => {
+                self.view.config.ratelimit_fields
+                    && self.decision.as_ref().is_some_and(|d| !d.limits.is_empty())
+            }
+            _ => false,
+        }
+    }
+
+    /// Writes the fields as lines of a response head.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        crate::wire::field(out, b"x-request-id", self.request_id.as_bytes());
+        if let Some(d) = &self.decision {
+            let (names, ietf) = (&self.view.field_names, self.view.config.ratelimit_fields);
+            respond::limit_fields(d, names, ietf, |name, value| {
+                crate::wire::field(out, name.as_str().as_bytes(), value);
+            });
+        }
+    }
+}
+
 /// The gateway.
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
@@ -431,6 +478,19 @@ impl Gateway {
 
     /// Answers one request from `peer`.
     pub async fn handle(&self, req: Request<Body>, peer: SocketAddr) -> Response<Body> {
+        let (mut resp, stamp) = self.answer(req, peer).await;
+        stamp.apply(resp.headers_mut());
+        resp
+    }
+
+    /// Answers one request from `peer`, the fields weir adds to every response (request id,
+    /// rate-limit fields) apart: weir's HTTP/1.1 server writes them straight into the
+    /// response head, with no field-map inserts and no values to allocate.
+    pub(crate) async fn answer(
+        &self,
+        req: Request<Body>,
+        peer: SocketAddr,
+    ) -> (Response<Body>, Stamp) {
         let started = Instant::now();
         let view = self.view();
         let rt: &Runtime = &view;
@@ -480,15 +540,11 @@ impl Gateway {
                 respond::render(&refusal, dialect, ctx.id(), &rt.config.error_type_base)
             }
         };
-        let h = resp.headers_mut();
-        h.insert(names::X_REQUEST_ID, ctx.request_id.clone());
         if ctx.body_unread {
             // Refused before the body was read: close, so no client reuses a connection
             // with an unread body on it.
-            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        if let Some(d) = &ctx.decision {
-            respond::apply_limit_headers(h, d, &rt.field_names, rt.config.ratelimit_fields);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         let status = resp.status().as_u16();
         let code = resp
@@ -516,11 +572,17 @@ impl Gateway {
             "request"
         );
         // Concurrency slots are held until the response body has been sent.
-        if let Some(permit) = ctx.decision.and_then(|d| d.permit) {
+        let mut decision = ctx.decision;
+        if let Some(permit) = decision.as_mut().and_then(|d| d.permit.take()) {
             let (parts, body) = resp.into_parts();
             resp = Response::from_parts(parts, Body::new(crate::body::Holding::new(body, permit)));
         }
-        resp
+        let stamp = Stamp {
+            request_id: ctx.request_id,
+            decision,
+            view,
+        };
+        (resp, stamp)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1331,7 +1393,96 @@ mod tests {
         assert_eq!(c.targets["up"].authority.as_str(), "127.0.0.1:2");
     }
 
+    /// A gateway whose policy has limits `a`, `b` and `c`, with the IETF fields on or off.
+    fn limits_gateway(ietf: bool) -> Arc<Gateway> {
+        let mut text = format!("[server]\nratelimit_fields = {ietf}\n");
+        for name in ["a", "b", "c"] {
+            text.push_str(&format!(
+                "[[limits]]\nname = \"{name}\"\nscope = [\"ip\"]\nwindow = \"10s\"\ncount = 5\n"
+            ));
+        }
+        let config = Config::parse(&text).expect("config");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(Gateway::new(config))
+            .expect("gateway")
+    }
+
+    /// The head lines of `headers` (and `stamp`), sorted: `Date` is in `headers`, so the
+    /// clock plays no part.
+    fn head_lines(headers: &HeaderMap, stamp: Option<&Stamp>) -> Vec<String> {
+        let mut out = Vec::new();
+        crate::h1::write::head(
+            &mut out,
+            http::Version::HTTP_11,
+            StatusCode::OK,
+            headers,
+            stamp,
+            crate::h1::write::Framing::Length(0),
+            false,
+        );
+        let mut lines: Vec<String> = String::from_utf8(out)
+            .expect("ascii")
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    }
+
     proptest! {
+        /// The fields the HTTP/1.1 server writes straight into the head are exactly those
+        /// `Stamp::apply` puts in the field map, each replacing the upstream's own field of
+        /// the same name, whatever the limits and whichever names the upstream sent.
+        #[test]
+        fn a_stamp_written_directly_matches_one_applied_to_the_map(
+            ietf in any::<bool>(),
+            limits in proptest::collection::vec((0usize..3, 1u64..100_000, 0u64..100_000, 0u64..3_600), 0..4),
+            limiting in any::<proptest::sample::Index>(),
+            upstream in proptest::collection::vec(0usize..8, 0..6),
+        ) {
+            static GATEWAYS: std::sync::OnceLock<[Arc<Gateway>; 2]> = std::sync::OnceLock::new();
+            let gateways = GATEWAYS.get_or_init(|| [limits_gateway(false), limits_gateway(true)]);
+            let gw = &gateways[usize::from(ietf)];
+            let decision = (!limits.is_empty()).then(|| Decision {
+                outcome: weir_limit::Outcome::Admitted,
+                retry_after: Duration::ZERO,
+                now: 1_000_000_000_000,
+                limiting: Some(limiting.index(limits.len())),
+                limits: limits
+                    .iter()
+                    .map(|&(index, limit, remaining, window)| weir_limit::LimitStatus {
+                        index,
+                        window_secs: window,
+                        limit,
+                        remaining,
+                        reset_after_ns: window * 1_000_000_000,
+                        verdict: weir_limit::LimitVerdict::Ok,
+                    })
+                    .collect(),
+                permit: None,
+                degraded: false,
+            });
+            let stamp = Stamp {
+                request_id: HeaderValue::from_static("req-1"),
+                decision,
+                view: gw.view(),
+            };
+            const SENT: [&str; 8] = [
+                "x-request-id", "x-ratelimit-limit", "x-ratelimit-remaining",
+                "x-ratelimit-reset", "ratelimit", "ratelimit-policy", "x-other", "server",
+            ];
+            let mut headers = HeaderMap::new();
+            headers.insert(header::DATE, HeaderValue::from_static("Sun, 22 Nov 2026 00:00:00 GMT"));
+            for i in upstream {
+                headers.append(HeaderName::from_static(SENT[i]), HeaderValue::from_static("upstream"));
+            }
+            let mut applied = headers.clone();
+            stamp.apply(&mut applied);
+            prop_assert_eq!(head_lines(&headers, Some(&stamp)), head_lines(&applied, None));
+        }
         /// The text of any address is its standard notation (the IPv4 fast path included).
         #[test]
         fn ip_text_is_the_standard_notation(v4 in any::<[u8; 4]>(), v6 in any::<[u16; 8]>()) {

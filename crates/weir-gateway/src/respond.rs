@@ -5,7 +5,7 @@
 //! no-store` on 429).
 
 use axum::body::Body;
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use weir_contract::catalogue;
 use weir_contract::headers::ratelimit::{self, QuotedName};
 use weir_contract::{ApiError, Dialect};
@@ -235,76 +235,68 @@ impl FieldNames {
 
 /// Adds the rate-limit headers of `decision` to a response: the `X-RateLimit-*` trio for
 /// the most restrictive limit and, when `ietf` is on, `RateLimit` and `RateLimit-Policy`
-/// for every limit checked (written directly, without a serialiser: this runs on every
-/// response).
+/// for every limit checked (see [`limit_fields`]); each replaces a field of the same name.
 pub fn apply_limit_headers(h: &mut HeaderMap, decision: &Decision, names: &FieldNames, ietf: bool) {
-    MEMO.with_borrow_mut(|memo| {
-        if let Some(s) = decision.limiting_status() {
-            h.insert(names::X_RATELIMIT_LIMIT, memo.limit.get(s.limit));
-            h.insert(names::X_RATELIMIT_REMAINING, HeaderValue::from(s.remaining));
-            h.insert(
-                names::X_RATELIMIT_RESET,
-                memo.reset.get(decision.reset_unix(s)),
-            );
-        }
-        if !ietf || decision.limits.is_empty() {
-            return;
-        }
-        // Written into per-thread scratch strings. The policy is usually the one the
-        // previous response of this thread sent (same names, same limits and windows): its
-        // value is then shared, neither written nor copied.
-        let Memo {
-            policies,
-            items,
-            policy_value,
-            ..
-        } = memo;
-        items.clear();
-        write_items(items, decision, names);
-        let key = PolicyKey::of(decision, names);
-        let policy = match policy_value {
-            Some((k, v)) if *k == key => Some(v.clone()),
-            _ => {
-                policies.clear();
-                write_policies(policies, decision, names);
-                HeaderValue::from_str(policies).ok().inspect(|v| {
-                    *policy_value = Some((key, v.clone()));
-                })
-            }
-        };
-        if let (Some(p), Ok(l)) = (policy, HeaderValue::from_str(items)) {
-            h.insert(names::RATELIMIT_POLICY, p);
-            h.insert(names::RATELIMIT, l);
+    limit_fields(decision, names, ietf, |name, value| {
+        if let Ok(v) = HeaderValue::from_bytes(value) {
+            h.insert(name.clone(), v);
         }
     });
 }
 
-/// The value of a number field, kept while the number repeats (a limit's size on every
-/// response, a reset time for a second).
-#[derive(Default)]
-struct NumberValue(Option<(u64, HeaderValue)>);
-
-impl NumberValue {
-    fn get(&mut self, n: u64) -> HeaderValue {
-        match &self.0 {
-            Some((m, v)) if *m == n => v.clone(),
-            _ => {
-                let v = HeaderValue::from(n);
-                self.0 = Some((n, v.clone()));
-                v
-            }
-        }
+/// Hands the rate-limit fields of `decision` to `put`, in order: the `X-RateLimit-*` trio
+/// for the most restrictive limit and, when `ietf` is on, `RateLimit-Policy` and
+/// `RateLimit` for every limit checked. One function for both destinations (a field map,
+/// or a response head written directly by the HTTP/1.1 server), so they cannot differ.
+/// Values are written without a serialiser into per-thread scratch space: this runs on
+/// every response.
+pub(crate) fn limit_fields(
+    decision: &Decision,
+    names: &FieldNames,
+    ietf: bool,
+    mut put: impl FnMut(&HeaderName, &[u8]),
+) {
+    if let Some(s) = decision.limiting_status() {
+        let mut n = itoa::Buffer::new();
+        put(&names::X_RATELIMIT_LIMIT, n.format(s.limit).as_bytes());
+        put(
+            &names::X_RATELIMIT_REMAINING,
+            n.format(s.remaining).as_bytes(),
+        );
+        let reset = decision.reset_unix(s);
+        put(&names::X_RATELIMIT_RESET, n.format(reset).as_bytes());
     }
+    if !ietf || decision.limits.is_empty() {
+        return;
+    }
+    MEMO.with_borrow_mut(|memo| {
+        // The policy is usually the one the previous response of this thread sent (same
+        // names, same limits and windows): it is then not written again.
+        let Memo {
+            policies,
+            items,
+            policy_key,
+        } = memo;
+        let key = PolicyKey::of(decision, names);
+        if policy_key.as_ref() != Some(&key) {
+            policies.clear();
+            write_policies(policies, decision, names);
+            *policy_key = Some(key);
+        }
+        items.clear();
+        write_items(items, decision, names);
+        put(&names::RATELIMIT_POLICY, policies.as_bytes());
+        put(&names::RATELIMIT, items.as_bytes());
+    });
 }
 
-/// Per-thread scratch space and the last values built from it.
+/// Per-thread scratch space: the last `RateLimit-Policy` value and what it was written
+/// from, and the `RateLimit` value being written.
 #[derive(Default)]
 struct Memo {
     policies: String,
     items: String,
-    policy_value: Option<(PolicyKey, HeaderValue)>,
-    limit: NumberValue,
-    reset: NumberValue,
+    policy_key: Option<PolicyKey>,
 }
 
 thread_local! {

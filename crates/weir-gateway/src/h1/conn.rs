@@ -11,7 +11,7 @@
 use super::body::{Reader, RequestBody, READ_CHUNK};
 use super::head::{self, HeadError, RequestHead};
 use super::write::{self, Framing};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Stamp};
 use crate::respond::{self, Refusal};
 use axum::body::Body;
 use bytes::{Buf, Bytes, BytesMut};
@@ -172,8 +172,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, settings: Settings) {
                 Some(rx),
             )
         };
-        let response = gateway
-            .handle(http::Request::from_parts(parts, body), peer)
+        let (response, stamp) = gateway
+            .answer(http::Request::from_parts(parts, body), peer)
             .await;
         sender.responding.store(true, Ordering::Release);
         // The reader comes back only if the body was read to its end.
@@ -189,6 +189,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, settings: Settings) {
             &sender,
             &mut out,
             response,
+            Some(&stamp),
             &method,
             version,
             !reusable || draining,
@@ -282,7 +283,16 @@ async fn refuse(
     response
         .headers_mut()
         .insert(respond::names::X_REQUEST_ID, id);
-    respond_with(sender, out, response, &Method::GET, Version::HTTP_11, true).await
+    respond_with(
+        sender,
+        out,
+        response,
+        None,
+        &Method::GET,
+        Version::HTTP_11,
+        true,
+    )
+    .await
 }
 
 /// Writes a response; `Ok(true)` if the connection may carry another request.
@@ -290,6 +300,7 @@ async fn respond_with(
     sender: &Sender,
     out: &mut Vec<u8>,
     response: Response<Body>,
+    stamp: Option<&Stamp>,
     method: &Method,
     version: Version,
     mut close: bool,
@@ -308,7 +319,15 @@ async fn respond_with(
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
     });
     out.clear();
-    write::head(out, version, parts.status, &parts.headers, framing, close);
+    write::head(
+        out,
+        version,
+        parts.status,
+        &parts.headers,
+        stamp,
+        framing,
+        close,
+    );
     drop(parts);
     if let Framing::Bodiless(_) = framing {
         // Nothing to send: the body is not even polled.

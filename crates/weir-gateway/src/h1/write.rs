@@ -6,6 +6,7 @@
 //! own: whatever a handler or an upstream put there is replaced by what this connection
 //! actually does, so a client can never be told one framing and sent another.
 
+use crate::gateway::Stamp;
 use crate::wire::field;
 use http::{header, HeaderMap, HeaderName, Method, StatusCode, Version};
 use std::cell::RefCell;
@@ -78,13 +79,15 @@ fn framing_field(name: &HeaderName) -> bool {
 }
 
 /// Appends a response head to `out`: the status line, the handler's fields (less the
-/// framing ones), `Date` unless present, the framing fields and, if `close`, `Connection:
-/// close` (an HTTP/1.0 client kept alive is told `Connection: keep-alive`).
-pub fn head(
+/// framing ones and those `stamp` replaces), `stamp`'s fields, `Date` unless present, the
+/// framing fields and, if `close`, `Connection: close` (an HTTP/1.0 client kept alive is
+/// told `Connection: keep-alive`).
+pub(crate) fn head(
     out: &mut Vec<u8>,
     version: Version,
     status: StatusCode,
     headers: &HeaderMap,
+    stamp: Option<&Stamp>,
     framing: Framing,
     close: bool,
 ) {
@@ -95,11 +98,14 @@ pub fn head(
     out.extend_from_slice(b"\r\n");
     let mut dated = false;
     for (name, value) in headers {
-        if framing_field(name) {
+        if framing_field(name) || stamp.is_some_and(|s| s.replaces(name)) {
             continue;
         }
         dated |= name == header::DATE;
         field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(s) = stamp {
+        s.write(out);
     }
     if !dated {
         DATE.with_borrow_mut(|d| field(out, b"date", d.now()));
@@ -164,7 +170,7 @@ mod tests {
     ) -> String {
         let mut out = Vec::new();
         let status = StatusCode::from_u16(status).expect("status");
-        head(&mut out, version, status, headers, framing, close);
+        head(&mut out, version, status, headers, None, framing, close);
         String::from_utf8(out).expect("utf-8")
     }
 
@@ -265,6 +271,7 @@ mod tests {
             Version::HTTP_11,
             StatusCode::OK,
             &HeaderMap::new(),
+            None,
             Framing::Length(0),
             false,
         );
