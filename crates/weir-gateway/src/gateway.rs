@@ -166,18 +166,11 @@ impl Stamp {
     /// Whether the response's own field `name` gives way to one of these: exactly the
     /// names [`Stamp::write`] writes.
     pub(crate) fn replaces(&self, name: &HeaderName) -> bool {
-        match name.as_str() {
-            "x-request-id" => true,
-            "x-ratelimit-limit" | "x-ratelimit-remaining" | "x-ratelimit-reset" => self
-                .decision
-                .as_ref()
-                .is_some_and(|d| d.limiting_status().is_some()),
-            "ratelimit" | "ratelimit-policy" => {
-                self.view.config.ratelimit_fields
-                    && self.decision.as_ref().is_some_and(|d| !d.limits.is_empty())
-            }
-            _ => false,
-        }
+        let name = name.as_str();
+        name == "x-request-id"
+            || self.decision.as_ref().is_some_and(|d| {
+                respond::has_limit_field(name, d, self.view.config.ratelimit_fields)
+            })
     }
 
     /// Writes the fields as lines of a response head.

@@ -244,6 +244,17 @@ pub fn apply_limit_headers(h: &mut HeaderMap, decision: &Decision, names: &Field
     });
 }
 
+/// Whether [`limit_fields`] hands over a field called `name` for `decision`.
+pub(crate) fn has_limit_field(name: &str, decision: &Decision, ietf: bool) -> bool {
+    match name {
+        "x-ratelimit-limit" | "x-ratelimit-remaining" | "x-ratelimit-reset" => {
+            decision.limiting_status().is_some()
+        }
+        "ratelimit" | "ratelimit-policy" => ietf && !decision.limits.is_empty(),
+        _ => false,
+    }
+}
+
 /// Hands the rate-limit fields of `decision` to `put`, in order: the `X-RateLimit-*` trio
 /// for the most restrictive limit and, when `ietf` is on, `RateLimit-Policy` and
 /// `RateLimit` for every limit checked. One function for both destinations (a field map,
