@@ -16,9 +16,10 @@ use tokio::sync::mpsc;
 
 pub use crate::tally::LATENCY_BUCKETS;
 
-/// How often recorded histogram samples are folded into their buckets. The exporter buffers
-/// every sample until then (or until a scrape), so without this a gateway nobody scrapes
-/// would grow by every request it serves.
+/// How often histogram samples recorded through the `metrics` facade are folded into their
+/// buckets. The exporter buffers every sample until then (or until a scrape), so without
+/// this an instance nobody scrapes would grow by every sample. (The request path's
+/// histograms are in [`crate::tally`], already bucketed; this is for any other.)
 pub const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 fn prometheus() -> PrometheusBuilder {
