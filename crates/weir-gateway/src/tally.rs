@@ -16,6 +16,10 @@
 //! Cells are never removed (a counter must not go backwards when a thread ends), and a
 //! thread asking again for a series gets its own cell back, so there are at most
 //! threads × series of them.
+//!
+//! `weir serve` appends [`render`]'s text to the `metrics` exporter's on `/metrics`; an
+//! application that embeds [`crate::gateway::Gateway`] without [`crate::server::Server`]
+//! does the same with its own exporter.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
