@@ -235,7 +235,8 @@ impl FieldNames {
 
 /// Adds the rate-limit headers of `decision` to a response: the `X-RateLimit-*` trio for
 /// the most restrictive limit and, when `ietf` is on, `RateLimit` and `RateLimit-Policy`
-/// for every limit checked (see [`limit_fields`]); each replaces a field of the same name.
+/// for every limit checked (written by `limit_fields`); each replaces a field of the same
+/// name.
 pub fn apply_limit_headers(h: &mut HeaderMap, decision: &Decision, names: &FieldNames, ietf: bool) {
     limit_fields(decision, names, ietf, |name, value| {
         if let Ok(v) = HeaderValue::from_bytes(value) {
