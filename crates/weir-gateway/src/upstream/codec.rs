@@ -14,8 +14,6 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Versi
 pub const MAX_HEAD: usize = crate::wire::MAX_HEAD;
 /// The most fields a response head may have.
 pub const MAX_HEADERS: usize = 128;
-/// Fields a proxy typically adds to a response (request id, five rate-limit fields, a spare).
-const FIELDS_ADDED: usize = 8;
 /// The longest chunk-size line (size and extensions) or trailer line accepted.
 const MAX_LINE: usize = 4096;
 
@@ -118,9 +116,9 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
     if status.is_informational() {
         return Ok(Parsed::Interim);
     }
-    // Room for the fields the gateway adds (request id, rate-limit fields), so they never
-    // regrow the map.
-    let mut headers = HeaderMap::with_capacity(spans.len() + FIELDS_ADDED);
+    // Sized for the upstream's fields alone: the fields weir adds to every response are
+    // written straight into the client's response head (`gateway::Stamp`), not put here.
+    let mut headers = HeaderMap::with_capacity(spans.len());
     for field in spans.fields(&head) {
         let (name, value) = field.map_err(ProtocolError::Head)?;
         headers.append(name, value);
