@@ -2,8 +2,10 @@
 //! upstream client ([`crate::upstream`]) write fields and chunks, and read heads and
 //! bodies, the same way.
 
+use crate::upstream::codec::{ChunkedDecoder, Decoded, ProtocolError};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
+use http_body::SizeHint;
 
 /// Appends one `name: value` field line.
 pub(crate) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -45,6 +47,60 @@ pub(crate) fn take(buf: &mut BytesMut, left: &mut u64) -> Option<Bytes> {
     let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
     *left -= n as u64;
     Some(buf.split_to(n).freeze())
+}
+
+/// What is left of a body, as its framing says: the part of reading a body that is the same
+/// on both sides of weir (a request body on the server side, a response body from an
+/// upstream).
+#[derive(Debug)]
+pub(crate) enum Remaining {
+    /// This many more bytes.
+    Length(u64),
+    /// Chunks, until the last one.
+    Chunked(ChunkedDecoder),
+    /// Everything until the peer closes (only an upstream's response body).
+    UntilClose,
+    /// Nothing.
+    Done,
+}
+
+impl Remaining {
+    /// The next piece of body from `buf`: `Ok(None)` when more must be read first,
+    /// `Ok(Some(None))` at the end. After a piece, [`Remaining::is_over`] says whether it
+    /// was the last (the reader can go back at once).
+    pub(crate) fn next(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> Result<Option<Option<Bytes>>, ProtocolError> {
+        let piece = match self {
+            Remaining::Done | Remaining::Length(0) => Some(None),
+            Remaining::Length(left) => take(buf, left).map(Some),
+            Remaining::Chunked(decoder) => match decoder.decode(buf)? {
+                None => None,
+                Some(Decoded::Data(data)) => Some(Some(data)),
+                Some(Decoded::End) => Some(None),
+            },
+            Remaining::UntilClose => (!buf.is_empty()).then(|| Some(buf.split().freeze())),
+        };
+        if piece == Some(None) {
+            *self = Remaining::Done;
+        }
+        Ok(piece)
+    }
+
+    /// Whether nothing is left.
+    pub(crate) fn is_over(&self) -> bool {
+        matches!(self, Remaining::Done | Remaining::Length(0))
+    }
+
+    /// The size still to come, where the framing knows it.
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        match self {
+            Remaining::Length(n) => SizeHint::with_exact(*n),
+            Remaining::Done => SizeHint::with_exact(0),
+            Remaining::Chunked(_) | Remaining::UntilClose => SizeHint::default(),
+        }
+    }
 }
 
 /// Where each field of a head `httparse` parsed lies in its buffer, so that once the head
@@ -127,6 +183,51 @@ mod tests {
         assert_eq!(take(&mut buf, &mut left).as_deref(), Some(&b"ef"[..]));
         assert_eq!((left, buf.is_empty()), (8, true));
         assert_eq!(take(&mut buf, &mut left), None);
+    }
+
+    #[test]
+    fn what_remains_of_a_body_is_read_piece_by_piece() {
+        // A length: pieces as they arrive, over once all arrived.
+        let mut left = Remaining::Length(5);
+        let mut buf = BytesMut::from(&b"abc"[..]);
+        assert_eq!(
+            left.next(&mut buf).expect("ok"),
+            Some(Some(Bytes::from("abc")))
+        );
+        assert!(!left.is_over());
+        assert_eq!(left.next(&mut buf).expect("ok"), None, "more must be read");
+        buf.extend_from_slice(b"defg");
+        assert_eq!(
+            left.next(&mut buf).expect("ok"),
+            Some(Some(Bytes::from("de")))
+        );
+        assert!(left.is_over());
+        assert_eq!(left.next(&mut buf).expect("ok"), Some(None));
+        assert_eq!(&buf[..], b"fg", "what follows the body stays");
+        // Chunks, up to the last one.
+        let mut left = Remaining::Chunked(ChunkedDecoder::default());
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\n0\r\n\r\nnext"[..]);
+        assert_eq!(
+            left.next(&mut buf).expect("ok"),
+            Some(Some(Bytes::from("abc")))
+        );
+        assert_eq!(left.next(&mut buf).expect("ok"), Some(None));
+        assert!(left.is_over());
+        assert_eq!(&buf[..], b"next");
+        assert!(Remaining::Chunked(ChunkedDecoder::default())
+            .next(&mut BytesMut::from(&b"zz\r\n"[..]))
+            .is_err());
+        // Until close: whatever is there; the end is the reader's to see.
+        let mut left = Remaining::UntilClose;
+        let mut buf = BytesMut::from(&b"xy"[..]);
+        assert_eq!(
+            left.next(&mut buf).expect("ok"),
+            Some(Some(Bytes::from("xy")))
+        );
+        assert_eq!(left.next(&mut buf).expect("ok"), None);
+        assert!(!left.is_over());
+        assert_eq!(left.size_hint().exact(), None);
+        assert_eq!(Remaining::Length(7).size_hint().exact(), Some(7));
     }
 
     proptest! {

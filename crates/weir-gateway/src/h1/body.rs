@@ -7,7 +7,8 @@
 //! what is left of the body is never mistaken for a request.
 
 use super::conn::Sender;
-use crate::upstream::codec::{ChunkedDecoder, Decoded};
+use crate::upstream::codec::ChunkedDecoder;
+use crate::wire::Remaining;
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use std::pin::Pin;
@@ -52,19 +53,12 @@ impl Reader {
 /// How much room is made in the read buffer when it runs short.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
 
-#[derive(Debug)]
-enum Left {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    Done,
-}
-
 /// A streaming request body (see the module docs).
 #[derive(Debug)]
 pub struct RequestBody {
     /// `None` once the body is over (the reader went back, or the body failed).
     reader: Option<Reader>,
-    left: Left,
+    left: Remaining,
     /// Where the reader goes once the body has been read to the end.
     back: Option<oneshot::Sender<Reader>>,
     /// Set while `100 Continue` is still owed to a client that waits for it before sending
@@ -82,9 +76,9 @@ impl RequestBody {
         continue_to: Option<Arc<Sender>>,
     ) -> RequestBody {
         let left = match framing {
-            super::head::Framing::Empty => Left::Done,
-            super::head::Framing::Length(n) => Left::Length(n),
-            super::head::Framing::Chunked => Left::Chunked(ChunkedDecoder::default()),
+            super::head::Framing::Empty => Remaining::Done,
+            super::head::Framing::Length(n) => Remaining::Length(n),
+            super::head::Framing::Chunked => Remaining::Chunked(ChunkedDecoder::default()),
         };
         let mut body = RequestBody {
             reader: Some(reader),
@@ -92,7 +86,7 @@ impl RequestBody {
             back: Some(back),
             continue_to,
         };
-        if matches!(body.left, Left::Done) {
+        if body.left.is_over() {
             body.finish();
         }
         body
@@ -100,7 +94,7 @@ impl RequestBody {
 
     /// The body is over: the reader goes back to the connection.
     fn finish(&mut self) {
-        self.left = Left::Done;
+        self.left = Remaining::Done;
         self.continue_to = None;
         if let (Some(reader), Some(back)) = (self.reader.take(), self.back.take()) {
             let _ = back.send(reader);
@@ -111,7 +105,7 @@ impl RequestBody {
         &mut self,
         e: RequestBodyError,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
-        self.left = Left::Done;
+        self.left = Remaining::Done;
         self.reader = None;
         self.back = None;
         self.continue_to = None;
@@ -124,20 +118,14 @@ impl RequestBody {
         let Some(reader) = self.reader.as_mut() else {
             return Ok(Some(None));
         };
-        let data = match &mut self.left {
-            Left::Done => None,
-            Left::Length(n) => match crate::wire::take(&mut reader.buf, n) {
-                None => return Ok(None),
-                data => data,
-            },
-            Left::Chunked(decoder) => match decoder.decode(&mut reader.buf) {
-                Err(e) => return Err(RequestBodyError::Chunk(e.to_string())),
-                Ok(None) => return Ok(None),
-                Ok(Some(Decoded::Data(data))) => Some(data),
-                Ok(Some(Decoded::End)) => None,
-            },
+        let Some(data) = self
+            .left
+            .next(&mut reader.buf)
+            .map_err(|e| RequestBodyError::Chunk(e.to_string()))?
+        else {
+            return Ok(None);
         };
-        if data.is_none() || matches!(self.left, Left::Length(0)) {
+        if data.is_none() || self.left.is_over() {
             self.finish();
         }
         Ok(Some(data))
@@ -178,14 +166,10 @@ impl http_body::Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.left, Left::Done | Left::Length(0))
+        self.left.is_over()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.left {
-            Left::Length(n) => SizeHint::with_exact(n),
-            Left::Done => SizeHint::with_exact(0),
-            Left::Chunked(_) => SizeHint::default(),
-        }
+        self.left.size_hint()
     }
 }

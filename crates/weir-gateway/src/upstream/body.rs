@@ -1,28 +1,21 @@
 //! A response body read from an upstream connection as the caller asks for it, which puts
 //! the connection back in its pool once the body has been read to the end.
 
-use super::codec::{ChunkedDecoder, Decoded, Framing, ProtocolError};
+use super::codec::{ChunkedDecoder, Framing, ProtocolError};
 use super::{reserve, BodyError, Conn, Home};
+use crate::wire::Remaining;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-#[derive(Debug)]
-enum Left {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    UntilClose,
-    Done,
-}
-
 /// A streaming response body (see the module docs).
 #[derive(Debug)]
 pub(super) struct UpstreamBody {
     /// `None` once the body is over (the connection went home or was closed).
     conn: Option<Conn>,
-    left: Left,
+    left: Remaining,
     /// Where the connection goes when the body is over, if it may be reused.
     home: Option<Home>,
     /// The longest pause allowed between two parts of the body.
@@ -39,10 +32,10 @@ impl UpstreamBody {
         stall: Option<Duration>,
     ) -> UpstreamBody {
         let left = match framing {
-            Framing::Empty => Left::Done,
-            Framing::Length(n) => Left::Length(n),
-            Framing::Chunked => Left::Chunked(ChunkedDecoder::default()),
-            Framing::UntilClose => Left::UntilClose,
+            Framing::Empty => Remaining::Done,
+            Framing::Length(n) => Remaining::Length(n),
+            Framing::Chunked => Remaining::Chunked(ChunkedDecoder::default()),
+            Framing::UntilClose => Remaining::UntilClose,
         };
         UpstreamBody {
             conn: Some(conn),
@@ -55,7 +48,7 @@ impl UpstreamBody {
 
     /// The body is over: the connection goes home if it may be reused.
     fn finish(&mut self) {
-        self.left = Left::Done;
+        self.left = Remaining::Done;
         if let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) {
             home.put_back(conn);
         }
@@ -63,7 +56,7 @@ impl UpstreamBody {
 
     /// The body failed: the connection is closed.
     fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.left = Left::Done;
+        self.left = Remaining::Done;
         self.conn = None;
         self.home = None;
         Poll::Ready(Some(Err(e)))
@@ -74,36 +67,13 @@ impl UpstreamBody {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(Some(None));
         };
-        match &mut self.left {
-            Left::Done => Ok(Some(None)),
-            Left::Length(0) => {
-                self.finish();
-                Ok(Some(None))
-            }
-            Left::Length(n) => {
-                let Some(data) = crate::wire::take(&mut conn.read, n) else {
-                    return Ok(None);
-                };
-                if *n == 0 {
-                    self.finish();
-                }
-                Ok(Some(Some(data)))
-            }
-            Left::Chunked(decoder) => match decoder.decode(&mut conn.read)? {
-                None => Ok(None),
-                Some(Decoded::Data(data)) => Ok(Some(Some(data))),
-                Some(Decoded::End) => {
-                    self.finish();
-                    Ok(Some(None))
-                }
-            },
-            Left::UntilClose => {
-                if conn.read.is_empty() {
-                    return Ok(None);
-                }
-                Ok(Some(Some(conn.read.split().freeze())))
-            }
+        let Some(data) = self.left.next(&mut conn.read)? else {
+            return Ok(None);
+        };
+        if data.is_none() || self.left.is_over() {
+            self.finish();
         }
+        Ok(Some(data))
     }
 }
 
@@ -152,7 +122,7 @@ impl http_body::Body for UpstreamBody {
             }
             if n == 0 {
                 // The upstream closed: the end of a close-delimited body, else too early.
-                if matches!(this.left, Left::UntilClose) {
+                if matches!(this.left, Remaining::UntilClose) {
                     this.home = None;
                     this.finish();
                     return Poll::Ready(None);
@@ -163,14 +133,10 @@ impl http_body::Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.left, Left::Done | Left::Length(0))
+        self.left.is_over()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.left {
-            Left::Length(n) => SizeHint::with_exact(n),
-            Left::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
+        self.left.size_hint()
     }
 }
