@@ -74,10 +74,13 @@ struct Series {
     labels: Vec<(&'static str, String)>,
 }
 
-/// The cells of one series, one per thread that touched it.
+/// One cell per thread that touched a series.
+type PerThread<T> = Vec<(ThreadId, Arc<T>)>;
+
+/// The cells of one series.
 enum Cells {
-    Counter(Vec<(ThreadId, Arc<Count>)>),
-    Histogram(Vec<(ThreadId, Arc<Latency>)>),
+    Counter(PerThread<Count>),
+    Histogram(PerThread<Latency>),
 }
 
 /// Every series, sorted by name then labels, so a metric's series are written together.
@@ -85,33 +88,39 @@ static REGISTRY: Mutex<BTreeMap<Series, Cells>> = Mutex::new(BTreeMap::new());
 
 /// This thread's cell of a counter series (registered on first use).
 pub(crate) fn counter(name: &'static str, labels: Vec<(&'static str, String)>) -> Arc<Count> {
-    let me = std::thread::current().id();
-    let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-    let cells = registry
-        .entry(Series { name, labels })
-        .or_insert_with(|| Cells::Counter(Vec::new()));
-    match cells {
-        Cells::Counter(cells) => own(cells, me),
-        // A name used for both kinds (a programming error): the count is kept, unreported.
-        Cells::Histogram(_) => Arc::default(),
-    }
+    register(name, labels, Cells::Counter, |cells| match cells {
+        Cells::Counter(cells) => Some(cells),
+        Cells::Histogram(_) => None,
+    })
 }
 
 /// This thread's cell of a histogram series (registered on first use).
 pub(crate) fn histogram(name: &'static str, labels: Vec<(&'static str, String)>) -> Arc<Latency> {
+    register(name, labels, Cells::Histogram, |cells| match cells {
+        Cells::Histogram(cells) => Some(cells),
+        Cells::Counter(_) => None,
+    })
+}
+
+/// This thread's cell of series `name{labels}`, whose kind `new` makes and `cells_of`
+/// recognises. A name used for both kinds (a programming error) keeps its count
+/// unreported.
+fn register<T: Default>(
+    name: &'static str,
+    labels: Vec<(&'static str, String)>,
+    new: fn(PerThread<T>) -> Cells,
+    cells_of: fn(&mut Cells) -> Option<&mut PerThread<T>>,
+) -> Arc<T> {
     let me = std::thread::current().id();
     let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
     let cells = registry
         .entry(Series { name, labels })
-        .or_insert_with(|| Cells::Histogram(Vec::new()));
-    match cells {
-        Cells::Histogram(cells) => own(cells, me),
-        Cells::Counter(_) => Arc::default(),
-    }
+        .or_insert_with(|| new(Vec::new()));
+    cells_of(cells).map_or_else(Arc::default, |cells| own(cells, me))
 }
 
 /// The cell of thread `me` among `cells`, added if it has none.
-fn own<T: Default>(cells: &mut Vec<(ThreadId, Arc<T>)>, me: ThreadId) -> Arc<T> {
+fn own<T: Default>(cells: &mut PerThread<T>, me: ThreadId) -> Arc<T> {
     if let Some((_, c)) = cells.iter().find(|(t, _)| *t == me) {
         return c.clone();
     }
