@@ -22,6 +22,7 @@ use crate::client_ip::client_ip;
 use crate::config::{Config, CostFrom, RouteConfig, StoreConfig};
 use crate::idempotency::{self, Begin, Idempotency, IdempotencyStore, StoredResponse};
 use crate::identity::{self, ApiKey, AuthFailure};
+use crate::present::{Field, Present};
 use crate::respond::{self, names, Refusal};
 use crate::telemetry;
 use crate::upstream::{Rewrite, UpstreamPool};
@@ -201,6 +202,26 @@ fn owned_value(s: String) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(Bytes::from(s)).ok()
 }
 
+/// An IP address as text, as a header value (for `X-Forwarded-For`) that also serves as the
+/// key of per-IP limits. The last address this thread wrote is kept: a client's requests
+/// come in runs (a kept-alive connection carries many), and the text is then shared, not
+/// written and allocated again.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((at, value)) if *at == ip => value.clone(),
+        _ => {
+            // Digits, dots and colons are always a valid value.
+            let value = owned_value(ip_string(ip)).unwrap_or(HeaderValue::from_static("-"));
+            *last = Some((ip, value.clone()));
+            value
+        }
+    })
+}
+
 /// An IP address as text, in one allocation of exactly its length (`to_string` grows its
 /// string while formatting, and a string with spare capacity costs a second allocation
 /// when it becomes a header value).
@@ -257,6 +278,8 @@ thread_local! {
 
 /// Per-request state that the response needs.
 struct Ctx<'r> {
+    /// Which of the fields the pipeline reads the request carries.
+    present: Present,
     /// The request id as a header value: the caller's own (shared, not copied) or a new
     /// one; sent upstream and back, and read as text by [`Ctx::id`].
     request_id: HeaderValue,
@@ -320,15 +343,6 @@ pub(crate) fn new_request_id() -> HeaderValue {
     let id: &str = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
     // Exactly as long as its capacity: the header value takes it without another allocation.
     owned_value(id.to_owned()).unwrap_or(HeaderValue::from_static("-"))
-}
-
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut out = [0u8; N];
-    for chunk in out.chunks_mut(16) {
-        let u = uuid::Uuid::new_v4();
-        chunk.copy_from_slice(&u.as_bytes()[..chunk.len()]);
-    }
-    out
 }
 
 impl Gateway {
@@ -487,19 +501,21 @@ impl Gateway {
         let started = Instant::now();
         let view = self.view();
         let rt: &Runtime = &view;
-        let request_id = req
-            .headers()
-            .get(names::X_REQUEST_ID)
+        let present = Present::of(req.headers());
+        let request_id = present
+            .get(req.headers(), Field::XRequestId)
             .filter(|v| v.to_str().is_ok_and(is_valid_request_id))
             .cloned()
             .unwrap_or_else(new_request_id);
-        let accept_problem = req
-            .headers()
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| contains_ignore_ascii_case(v, "application/problem+json"));
+        let accept_problem = present.has(Field::Accept)
+            && req
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| contains_ignore_ascii_case(v, "application/problem+json"));
         let mut ctx = Ctx {
+            present,
             request_id,
             dialect: rt.config.dialect,
             route: None,
@@ -638,15 +654,17 @@ impl Gateway {
         peer: SocketAddr,
         accept_problem: bool,
     ) -> Step<Response<Body>> {
-        ctx.body_unread = parts.headers.contains_key(header::TRANSFER_ENCODING)
-            || parts
-                .headers
-                .get(header::CONTENT_LENGTH)
+        let present = ctx.present;
+        ctx.body_unread = present.has(Field::TransferEncoding)
+            || present
+                .get(&parts.headers, Field::ContentLength)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .is_some_and(|n| n > 0);
         let ip: IpAddr = client_ip(peer.ip(), &parts.headers, &rt.config.trusted_proxies);
-        let ip_text = ip_string(ip);
+        let ip_value = ip_value(ip);
+        // Always text: an address's digits, dots and colons.
+        let ip_text = ip_value.to_str().unwrap_or("-");
         let method = parts.method.clone();
 
         // 2. Route and method.
@@ -657,8 +675,7 @@ impl Gateway {
                     .strip_prefix(r.prefix.as_str())
                     .is_some_and(|rest| rest.starts_with('/'))
         }) else {
-            self.count(rt, ctx, None, None, &method, &ip_text, 1)
-                .await?;
+            self.count(rt, ctx, None, None, &method, ip_text, 1).await?;
             return Err(
                 Refusal::code("REQUEST_NOT_FOUND").message(format!("No route serves {path}."))
             );
@@ -666,7 +683,7 @@ impl Gateway {
         ctx.route = Some(route_index);
         ctx.dialect = route.dialect;
         if !route.methods.iter().any(|m| m == method.as_str()) {
-            self.count(rt, ctx, None, Some(route), &method, &ip_text, 1)
+            self.count(rt, ctx, None, Some(route), &method, ip_text, 1)
                 .await?;
             let allow = route.methods.join(", ");
             let mut r = Refusal::code("REQUEST_METHOD_NOT_ALLOWED").message(format!(
@@ -687,7 +704,7 @@ impl Gateway {
             ) {
                 Ok(k) => Some(k),
                 Err(failure) => {
-                    self.count(rt, ctx, None, Some(route), &method, &ip_text, 1)
+                    self.count(rt, ctx, None, Some(route), &method, ip_text, 1)
                         .await?;
                     return Err(match failure {
                         AuthFailure::Missing => Refusal::code("AUTH_HEADER_MISSING")
@@ -708,7 +725,7 @@ impl Gateway {
         ctx.key_id = key.map(|k| k.id.as_str());
         if let Some(k) = key {
             if let Some(missing) = route.scopes.iter().find(|s| !k.scopes.contains(s)) {
-                self.count(rt, ctx, Some(k), Some(route), &method, &ip_text, 1)
+                self.count(rt, ctx, Some(k), Some(route), &method, ip_text, 1)
                     .await?;
                 return Err(Refusal::code("AUTH_SCOPE_MISSING")
                     .message(format!(
@@ -720,7 +737,7 @@ impl Gateway {
         }
 
         // 4. Cheap validation from headers, 5. the body.
-        let validated = self.validate(rt, route, &parts, body).await;
+        let validated = self.validate(rt, route, &parts, present, body).await;
         let (body, cost) = match validated {
             Ok(v) => {
                 if matches!(v.0, ReqBody::Buffered(_)) {
@@ -729,14 +746,14 @@ impl Gateway {
                 v
             }
             Err(refusal) => {
-                self.count(rt, ctx, key, Some(route), &method, &ip_text, 1)
+                self.count(rt, ctx, key, Some(route), &method, ip_text, 1)
                     .await?;
                 return Err(refusal);
             }
         };
 
         // 6. Limits.
-        self.count(rt, ctx, key, Some(route), &method, &ip_text, cost)
+        self.count(rt, ctx, key, Some(route), &method, ip_text, cost)
             .await?;
 
         // 7. Idempotency.
@@ -744,7 +761,7 @@ impl Gateway {
         if let (true, true, Some(store)) =
             (route.idempotency, method == Method::POST, &self.idempotency)
         {
-            if let Some(raw) = parts.headers.get("idempotency-key") {
+            if let Some(raw) = present.get(&parts.headers, Field::IdempotencyKey) {
                 let Some(k) = raw.to_str().ok().and_then(idempotency::parse_key) else {
                     return Err(Refusal::code("IDEMPOTENCY_KEY_INVALID")
                         .hint("Use 1-255 visible ASCII characters, e.g. a UUID."));
@@ -788,15 +805,15 @@ impl Gateway {
         // 8. Breaker and proxy.
         // The peer's address as text, for X-Forwarded-For: usually the client IP just
         // formatted.
-        let peer_text = if ip == peer.ip() {
-            ip_text
+        let peer_value = if ip == peer.ip() {
+            ip_value.clone()
         } else {
-            ip_string(peer.ip())
+            self::ip_value(peer.ip())
         };
         // Not boxed: measured, a box here (one allocation and a copy per request) cost
         // about what the smaller enclosing futures saved.
         let result = self
-            .forward(rt, ctx, route, key, parts, body, peer_text)
+            .forward(rt, ctx, route, key, parts, body, peer_value)
             .await;
         let resp = match (result, &idem) {
             (Ok(resp), Some((scope, fp))) => {
@@ -826,6 +843,7 @@ impl Gateway {
         rt: &Runtime,
         route: &RouteConfig,
         parts: &http::request::Parts,
+        present: Present,
         body: &mut Option<Body>,
     ) -> Step<(ReqBody, u64)> {
         let too_large = || {
@@ -839,12 +857,11 @@ impl Gateway {
                 route.max_body
             ))
         };
-        let length: Option<u64> = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
+        let length: Option<u64> = present
+            .get(&parts.headers, Field::ContentLength)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
-        let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
+        let chunked = present.has(Field::TransferEncoding);
         let has_body = length.is_some_and(|n| n > 0) || chunked;
         if chunked && length.is_none() && route.require_length {
             return Err(Refusal::code("REQUEST_LENGTH_REQUIRED")
@@ -941,7 +958,7 @@ impl Gateway {
         key: Option<&ApiKey>,
         mut parts: http::request::Parts,
         body: ReqBody,
-        peer_text: String,
+        peer: HeaderValue,
     ) -> Step<Response<Body>> {
         let (Some(base), Some(breaker), Some(upstream)) = (
             rt.upstream_urls.get(&route.upstream),
@@ -973,24 +990,32 @@ impl Gateway {
         // Hop-by-hop fields leave the map (usually a scan that finds none); the fields weir
         // replaces or keeps private are skipped, and its own added, as the head is written.
         crate::hop::strip(&mut parts.headers);
-        let h = &parts.headers;
-        let incoming = h
-            .get(names::TRACEPARENT)
+        let (h, present) = (&parts.headers, ctx.present);
+        let incoming = present
+            .get(h, Field::Traceparent)
             .and_then(|v| v.to_str().ok())
             .and_then(TraceParent::parse);
-        let span: [u8; 8] = random_bytes();
+        // The new span's id and, should this start the trace, the trace's id, in one draw
+        // from the thread's generator.
+        let mut ids = [0u8; 24];
+        rand::fill(&mut ids[..]);
+        let (span, trace_id) = ids.split_at(8);
+        let span: [u8; 8] = span.try_into().unwrap_or_default();
         let trace = incoming
             .and_then(|t| t.child(span))
-            .or_else(|| TraceParent::new(random_bytes(), span, 1));
-        let xff = match h.get(names::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            .or_else(|| TraceParent::new(trace_id.try_into().unwrap_or_default(), span, 1));
+        let xff = match present
+            .get(h, Field::XForwardedFor)
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prev) => {
-                let mut s = String::with_capacity(prev.len() + 2 + peer_text.len());
+                let mut s = String::with_capacity(prev.len() + 2 + peer.len());
                 s.push_str(prev);
                 s.push_str(", ");
-                s.push_str(&peer_text);
-                s
+                s.push_str(peer.to_str().unwrap_or("-"));
+                owned_value(s)
             }
-            None => peer_text,
+            None => Some(peer),
         };
         let mut added: smallvec::SmallVec<[(HeaderName, HeaderValue); 4]> =
             smallvec::SmallVec::new();
@@ -998,7 +1023,7 @@ impl Gateway {
         if let Some(v) = trace.and_then(|t| owned_value(t.to_header_value())) {
             added.push((names::TRACEPARENT, v));
         }
-        if let Some(v) = owned_value(xff) {
+        if let Some(v) = xff {
             added.push((names::X_FORWARDED_FOR, v));
         }
         added.push((names::X_FORWARDED_PROTO, HeaderValue::from_static("http")));
@@ -1052,9 +1077,9 @@ impl Gateway {
         let success = matches!(&result, Ok(r) if r.status().as_u16() < 500);
         breaker.record(answered, success, probe);
         rt.metrics.upstream(&route.upstream, elapsed.as_secs_f64());
-        let resp = result?;
-        let (mut rparts, rbody) = resp.into_parts();
-        crate::hop::strip(&mut rparts.headers);
+        // The upstream client leaves the response's hop-by-hop fields out as it parses the
+        // head (`upstream::codec::Head`): there is nothing to strip here.
+        let (rparts, rbody) = result?.into_parts();
         Ok(Response::from_parts(rparts, Body::new(rbody)))
     }
 
@@ -1483,6 +1508,11 @@ mod tests {
             prop_assert_eq!(ip_string(a), a.to_string());
             let b = IpAddr::from(v6);
             prop_assert_eq!(ip_string(b), b.to_string());
+            // The thread's last address is kept, and never answers for another one.
+            for ip in [a, a, b, a, b, b] {
+                let (got, want) = (ip_value(ip), ip.to_string());
+                prop_assert_eq!(got.to_str().ok(), Some(want.as_str()));
+            }
         }
     }
 }

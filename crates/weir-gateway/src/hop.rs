@@ -31,6 +31,34 @@ fn hop_index(name: &HeaderName) -> Option<usize> {
     }
 }
 
+/// Where the field name `name`, in any case (as received on the wire), is in
+/// [`HOP_BY_HOP`]: for a parser that reads the hop-by-hop fields before any map is built.
+pub(crate) fn hop_index_raw(name: &[u8]) -> Option<usize> {
+    HOP_BY_HOP.iter().position(|h| {
+        let h = h.as_str().as_bytes();
+        h.len() == name.len() && h.eq_ignore_ascii_case(name)
+    })
+}
+
+/// The names a `Connection` field value lists, trimmed, but for `keep-alive`: a sender's
+/// `Connection` names fields that are hop-by-hop too (even `close`), and `keep-alive` is
+/// one of [`HOP_BY_HOP`] anyway.
+pub(crate) fn listed(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive"))
+}
+
+/// The field names the `Connection` values `values` list (see [`listed`]); no allocation
+/// when they list none.
+pub(crate) fn listed_names<'v>(values: impl Iterator<Item = &'v [u8]>) -> Vec<HeaderName> {
+    values
+        .flat_map(listed)
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .collect()
+}
+
 /// Removes the hop-by-hop headers from `h`, and the headers its `Connection` fields name.
 pub fn strip(h: &mut HeaderMap) {
     // One pass over the (few) headers notes which hop-by-hop names are there; only those are
@@ -46,19 +74,8 @@ pub fn strip(h: &mut HeaderMap) {
     }
     if present & 1 != 0 {
         // `Connection` (HOP_BY_HOP[0]) is there.
-        // Headers the sender named in `Connection` are hop-by-hop too (even `close`). The
-        // usual token, `keep-alive`, is removed below anyway: skipping it here keeps the
-        // common case free of allocation.
-        let listed: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in listed {
+        let names = listed_names(h.get_all(header::CONNECTION).iter().map(|v| v.as_bytes()));
+        for name in names {
             h.remove(name);
         }
     }
@@ -120,6 +137,11 @@ mod tests {
         ] {
             let name = HeaderName::from_bytes(other.as_bytes()).expect("name");
             assert_eq!(hop_index(&name), None, "{other}");
+            assert_eq!(hop_index_raw(other.as_bytes()), None, "{other}");
+        }
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            let shouted = name.as_str().to_ascii_uppercase();
+            assert_eq!(hop_index_raw(shouted.as_bytes()), Some(i), "{shouted}");
         }
     }
 

@@ -26,6 +26,18 @@ impl std::fmt::Debug for KeyHash {
 }
 
 impl KeyHash {
+    /// Equality in constant time, a 64-bit word at a time: `subtle`'s slice compare takes
+    /// a byte at a time, each behind an optimisation barrier, 32 of them per request.
+    fn ct_eq(&self, other: &KeyHash) -> subtle::Choice {
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+        self.0
+            .chunks_exact(8)
+            .zip(other.0.chunks_exact(8))
+            .fold(subtle::Choice::from(1), |same, (a, b)| {
+                same & word(a).ct_eq(&word(b))
+            })
+    }
+
     /// Hashes a clear-text key.
     pub fn of(key: &str) -> KeyHash {
         KeyHash(Sha256::digest(key.as_bytes()).into())
@@ -163,7 +175,7 @@ pub fn authenticate<'k>(
         .get(&hash)
         .and_then(|&i| keys.get(i))
         // The table compared hashes with `==`; the final word is a constant-time compare.
-        .filter(|k| bool::from(k.hash.0.ct_eq(&hash.0)))
+        .filter(|k| bool::from(k.hash.ct_eq(&hash)))
         .ok_or(AuthFailure::Invalid)?;
     match key.expires {
         // The clock is read only for a key that can expire.
@@ -176,6 +188,19 @@ pub fn authenticate<'k>(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    proptest::proptest! {
+        /// The word-wise constant-time compare says what `==` says, a difference in any
+        /// byte included.
+        #[test]
+        fn constant_time_equality_is_equality(a in proptest::array::uniform32(0u8..), at in 0usize..32, flip in 1u8..) {
+            let (x, y) = (KeyHash(a), KeyHash(a));
+            proptest::prop_assert!(bool::from(x.ct_eq(&y)));
+            let mut b = a;
+            b[at] ^= flip;
+            proptest::prop_assert!(!bool::from(x.ct_eq(&KeyHash(b))));
+        }
+    }
 
     fn key(id: &str, secret: &str, expires: Option<SystemTime>) -> ApiKey {
         ApiKey {

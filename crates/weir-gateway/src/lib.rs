@@ -16,6 +16,7 @@ pub mod hop;
 pub mod idempotency;
 pub mod identity;
 pub mod layer;
+mod present;
 pub mod respond;
 pub mod server;
 pub mod tally;

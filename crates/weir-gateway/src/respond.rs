@@ -203,6 +203,8 @@ pub mod names {
     pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
     /// `X-API-Key`.
     pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+    /// `Idempotency-Key`.
+    pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 }
 
 /// Every limit's name quoted for the IETF fields, once per policy (not per response).

@@ -134,13 +134,38 @@ impl Spans {
         &'a self,
         head: &'a Bytes,
     ) -> impl Iterator<Item = Result<(HeaderName, HeaderValue), httparse::Error>> + 'a {
-        self.0.iter().map(move |&(ns, ne, vs, ve)| {
-            let name =
-                HeaderName::from_bytes(&head[ns..ne]).map_err(|_| httparse::Error::HeaderName)?;
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-                .map_err(|_| httparse::Error::HeaderValue)?;
-            Ok((name, value))
+        self.raw(head).map(move |f| f.typed(head))
+    }
+
+    /// The fields as the bytes received, for a reader that looks at some before it builds
+    /// any map.
+    pub(crate) fn raw<'a>(&'a self, head: &'a Bytes) -> impl Iterator<Item = RawField<'a>> + 'a {
+        self.0.iter().map(move |&(ns, ne, vs, ve)| RawField {
+            name: &head[ns..ne],
+            value: &head[vs..ve],
+            value_at: (vs, ve),
         })
+    }
+}
+
+/// One field of a parsed head, as received.
+pub(crate) struct RawField<'a> {
+    /// The name, in the case it was sent in.
+    pub(crate) name: &'a [u8],
+    /// The value.
+    pub(crate) value: &'a [u8],
+    /// Where the value lies in the head, so a typed value can share the head's memory.
+    value_at: (usize, usize),
+}
+
+impl RawField<'_> {
+    /// The field as a typed name and a value sharing `head` (the head it was read from);
+    /// an error for a name or value `http` does not accept.
+    pub(crate) fn typed(&self, head: &Bytes) -> Result<(HeaderName, HeaderValue), httparse::Error> {
+        let name = HeaderName::from_bytes(self.name).map_err(|_| httparse::Error::HeaderName)?;
+        let value = HeaderValue::from_maybe_shared(head.slice(self.value_at.0..self.value_at.1))
+            .map_err(|_| httparse::Error::HeaderValue)?;
+        Ok((name, value))
     }
 }
 

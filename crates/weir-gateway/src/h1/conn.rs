@@ -15,7 +15,7 @@ use crate::gateway::{Gateway, Stamp};
 use crate::respond::{self, Refusal};
 use axum::body::Body;
 use bytes::{Buf, Bytes, BytesMut};
-use http::{header, Method, Response, Version};
+use http::{Method, Response, Version};
 use http_body::Body as _;
 use std::future::poll_fn;
 use std::io::IoSlice;
@@ -313,13 +313,8 @@ async fn respond_with(
         &parts.headers,
         body.size_hint().exact(),
     );
-    close |= parts.headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    });
     out.clear();
-    write::head(
+    close = write::head(
         out,
         version,
         parts.status,

@@ -37,10 +37,13 @@ impl Framing {
         headers: &HeaderMap,
         exact_size: Option<u64>,
     ) -> Framing {
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        // Read only when needed: a proxied body's size is usually known exactly.
+        let declared = || {
+            headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
         if status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
@@ -49,11 +52,11 @@ impl Framing {
             let length = if status.is_informational() || status == StatusCode::NO_CONTENT {
                 None
             } else {
-                declared.or(exact_size)
+                declared().or(exact_size)
             };
             return Framing::Bodiless(length);
         }
-        match exact_size.or(declared) {
+        match exact_size.or_else(declared) {
             Some(n) => Framing::Length(n),
             None if version == Version::HTTP_11 => Framing::Chunked,
             None => Framing::UntilClose,
@@ -80,8 +83,10 @@ fn framing_field(name: &HeaderName) -> bool {
 
 /// Appends a response head to `out`: the status line, the handler's fields (less the
 /// framing ones and those `stamp` replaces), `stamp`'s fields, `Date` unless present, the
-/// framing fields and, if `close`, `Connection: close` (an HTTP/1.0 client kept alive is
-/// told `Connection: keep-alive`).
+/// framing fields and, if `close` or the handler's `Connection` lists `close`,
+/// `Connection: close` (an HTTP/1.0 client kept alive is told `Connection: keep-alive`).
+/// Returns whether the connection closes after this response: `close`, or the handler
+/// asked for it (read in the same pass, not by a lookup of its own).
 pub(crate) fn head(
     out: &mut Vec<u8>,
     version: Version,
@@ -89,8 +94,8 @@ pub(crate) fn head(
     headers: &HeaderMap,
     stamp: Option<&Stamp>,
     framing: Framing,
-    close: bool,
-) {
+    mut close: bool,
+) -> bool {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -98,7 +103,11 @@ pub(crate) fn head(
     out.extend_from_slice(b"\r\n");
     let mut dated = false;
     for (name, value) in headers {
-        if framing_field(name) || stamp.is_some_and(|s| s.replaces(name)) {
+        if framing_field(name) {
+            close |= name == header::CONNECTION && lists_close(value.as_bytes());
+            continue;
+        }
+        if stamp.is_some_and(|s| s.replaces(name)) {
             continue;
         }
         dated |= name == header::DATE;
@@ -127,6 +136,14 @@ pub(crate) fn head(
         field(out, b"connection", b"keep-alive");
     }
     out.extend_from_slice(b"\r\n");
+    close
+}
+
+/// Whether a `Connection` value lists `close`.
+fn lists_close(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// The `Date` value, formatted once per second per thread.
@@ -172,6 +189,34 @@ mod tests {
         let status = StatusCode::from_u16(status).expect("status");
         head(&mut out, version, status, headers, None, framing, close);
         String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn a_handler_asking_to_close_closes_the_connection() {
+        for (value, closes) in [
+            ("Close", true),
+            ("foo, close ", true),
+            ("keep-alive", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(value));
+            let mut out = Vec::new();
+            let status = StatusCode::OK;
+            let closed = head(
+                &mut out,
+                Version::HTTP_11,
+                status,
+                &h,
+                None,
+                Framing::Length(0),
+                false,
+            );
+            assert_eq!(closed, closes, "{value}");
+            let said = String::from_utf8(out)
+                .expect("utf-8")
+                .contains("connection: close\r\n");
+            assert_eq!(said, closes, "{value}");
+        }
     }
 
     #[test]

@@ -58,7 +58,11 @@ pub enum Framing {
 /// A parsed final response head.
 #[derive(Debug)]
 pub struct Head {
-    /// Status, version and fields (as received, framing fields included).
+    /// Status, version and the end-to-end fields as received (`Content-Length` included).
+    /// The hop-by-hop fields (RFC 9110 §7.6.1: `Connection`, `Transfer-Encoding` and the
+    /// rest of [`crate::hop`]'s list, and whatever `Connection` names) describe this one
+    /// connection: they decide [`Head::framing`] and [`Head::keep_alive`] and are left out,
+    /// so a proxy passes the fields on as they are.
     pub response: http::Response<()>,
     /// How the body is delimited.
     pub framing: Framing,
@@ -118,15 +122,35 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
     }
     // Sized for the upstream's fields alone: the fields weir adds to every response are
     // written straight into the client's response head (`gateway::Stamp`), not put here.
+    // One pass over the fields as received: the hop-by-hop ones are read, not stored (a
+    // stored field a proxy then removes costs two hashed map operations).
     let mut headers = HeaderMap::with_capacity(spans.len());
-    for field in spans.fields(&head) {
-        let (name, value) = field.map_err(ProtocolError::Head)?;
+    let mut controls = Controls::default();
+    for field in spans.raw(&head) {
+        if let Some(i) = crate::hop::hop_index_raw(field.name) {
+            controls.hop(i, field.value);
+            continue;
+        }
+        if field.name.eq_ignore_ascii_case(b"content-length") {
+            controls.content_length(field.value);
+        }
+        let (name, value) = field.typed(&head).map_err(ProtocolError::Head)?;
         headers.append(name, value);
     }
-    let (framing, mut keep_alive) = framing(method, status, &headers)?;
+    if controls.lists_fields {
+        // `Connection` named other fields (rare): they are hop-by-hop too.
+        let connection = spans
+            .raw(&head)
+            .filter(|f| crate::hop::hop_index_raw(f.name) == Some(0))
+            .map(|f| f.value);
+        for name in crate::hop::listed_names(connection) {
+            headers.remove(name);
+        }
+    }
+    let (framing, mut keep_alive) = framing(method, status, &controls)?;
     keep_alive &= match version {
-        Version::HTTP_11 => !has_token(&headers, header::CONNECTION, "close"),
-        _ => has_token(&headers, header::CONNECTION, "keep-alive"),
+        Version::HTTP_11 => !controls.close,
+        _ => controls.keep_alive,
     };
     let mut response = http::Response::new(());
     *response.status_mut() = status;
@@ -139,12 +163,80 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
     }))
 }
 
+/// What a response head's framing and connection fields say, read as the fields go by.
+#[derive(Debug, Default)]
+struct Controls {
+    /// `Transfer-Encoding` was sent; `Some(true)` when its last coding (over every line)
+    /// is `chunked`.
+    transfer_encoding: Option<bool>,
+    /// `Content-Length`: every value and list member seen so far.
+    length: Length,
+    /// `Connection` lists `close`.
+    close: bool,
+    /// `Connection` lists `keep-alive`.
+    keep_alive: bool,
+    /// `Connection` lists a field name other than `keep-alive`.
+    lists_fields: bool,
+}
+
+/// The `Content-Length` a head declares.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Length {
+    /// None sent.
+    #[default]
+    Absent,
+    /// Every value agrees on this.
+    Valid(u64),
+    /// A value is not a number, or two disagree.
+    Invalid,
+}
+
+impl Controls {
+    /// Notes the hop-by-hop field `HOP_BY_HOP[index]` with `value`.
+    fn hop(&mut self, index: usize, value: &[u8]) {
+        match index {
+            // Connection.
+            0 => {
+                for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    self.close |= token.eq_ignore_ascii_case(b"close");
+                    self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+                self.lists_fields |= crate::hop::listed(value).next().is_some();
+            }
+            // Transfer-Encoding: a line with no coding leaves the last one as it was.
+            5 => {
+                let last = value
+                    .split(|b| *b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .rfind(|t| !t.is_empty());
+                let chunked = match last {
+                    Some(t) => t.eq_ignore_ascii_case(b"chunked"),
+                    None => self.transfer_encoding.unwrap_or(false),
+                };
+                self.transfer_encoding = Some(chunked);
+            }
+            _ => {}
+        }
+    }
+
+    /// Notes a `Content-Length` value (a list of equal numbers is allowed).
+    fn content_length(&mut self, value: &[u8]) {
+        for part in value.split(|b| *b == b',') {
+            self.length = match (self.length, parse_decimal(part.trim_ascii())) {
+                (Length::Invalid, _) | (_, None) => Length::Invalid,
+                (Length::Valid(l), Some(n)) if l != n => Length::Invalid,
+                (_, Some(n)) => Length::Valid(n),
+            };
+        }
+    }
+}
+
 /// The body framing of a response (RFC 9112 §6.3), and whether it leaves the connection
 /// reusable as far as framing goes.
 fn framing(
     method: &Method,
     status: StatusCode,
-    headers: &HeaderMap,
+    controls: &Controls,
 ) -> Result<(Framing, bool), ProtocolError> {
     if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -156,38 +248,22 @@ fn framing(
         // A tunnel: weir does not forward one, and the connection is no longer HTTP.
         return Ok((Framing::Empty, false));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if let Some(chunked_last) = controls.transfer_encoding {
         // Transfer-Encoding overrides Content-Length; a message with both is a smuggling
         // attempt or a broken upstream, so its connection is not reused.
-        let chunked_last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .rfind(|t| !t.is_empty())
-            .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-        let both = headers.contains_key(header::CONTENT_LENGTH);
+        let both = controls.length != Length::Absent;
         return Ok(if chunked_last {
             (Framing::Chunked, !both)
         } else {
             (Framing::UntilClose, false)
         });
     }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let n = parse_decimal(part.trim_ascii()).ok_or(ProtocolError::ContentLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ProtocolError::ContentLength);
-            }
-            length = Some(n);
-        }
+    match controls.length {
+        Length::Invalid => Err(ProtocolError::ContentLength),
+        Length::Valid(0) => Ok((Framing::Empty, true)),
+        Length::Valid(n) => Ok((Framing::Length(n), true)),
+        Length::Absent => Ok((Framing::UntilClose, false)),
     }
-    Ok(match length {
-        Some(0) => (Framing::Empty, true),
-        Some(n) => (Framing::Length(n), true),
-        None => (Framing::UntilClose, false),
-    })
 }
 
 /// `1*DIGIT` as a u64 (no sign, no spaces, no overflow).
@@ -201,15 +277,6 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
         }
         n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
     })
-}
-
-/// Whether a comma-separated field lists `token` (case-insensitively).
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// How weir frames a request body it forwards.
@@ -441,6 +508,64 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, ProtocolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The framing rules read from a whole field map, as weir did before it read them
+    /// while parsing: the reference model of the property test below.
+    mod reference {
+        use super::super::{parse_decimal, Framing, ProtocolError};
+        use http::{header, HeaderMap, HeaderName, Method, StatusCode};
+
+        pub fn framing(
+            method: &Method,
+            status: StatusCode,
+            headers: &HeaderMap,
+        ) -> Result<(Framing, bool), ProtocolError> {
+            if *method == Method::HEAD
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED
+            {
+                return Ok((Framing::Empty, true));
+            }
+            if headers.contains_key(header::TRANSFER_ENCODING) {
+                let chunked_last = headers
+                    .get_all(header::TRANSFER_ENCODING)
+                    .iter()
+                    .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                    .map(<[u8]>::trim_ascii)
+                    .rfind(|t| !t.is_empty())
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+                let both = headers.contains_key(header::CONTENT_LENGTH);
+                return Ok(if chunked_last {
+                    (Framing::Chunked, !both)
+                } else {
+                    (Framing::UntilClose, false)
+                });
+            }
+            let mut length: Option<u64> = None;
+            for value in headers.get_all(header::CONTENT_LENGTH) {
+                for part in value.as_bytes().split(|b| *b == b',') {
+                    let n = parse_decimal(part.trim_ascii()).ok_or(ProtocolError::ContentLength)?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err(ProtocolError::ContentLength);
+                    }
+                    length = Some(n);
+                }
+            }
+            Ok(match length {
+                Some(0) => (Framing::Empty, true),
+                Some(n) => (Framing::Length(n), true),
+                None => (Framing::UntilClose, false),
+            })
+        }
+
+        pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+            headers
+                .get_all(name)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        }
+    }
 
     fn head(raw: &str, method: &Method) -> Result<Parsed, ProtocolError> {
         parse_head(&mut BytesMut::from(raw), method)
@@ -827,6 +952,65 @@ mod tests {
                 RequestFraming::None => {}
             }
             proptest::prop_assert_eq!(got, want);
+        }
+
+        /// A parsed head's fields are the upstream's fields with the hop-by-hop ones
+        /// stripped, and its framing and reuse are what the whole field map says (the
+        /// reference model: every field in a map, read there with `get_all`, then
+        /// `hop::strip`).
+        #[test]
+        fn heads_read_their_hop_by_hop_fields_as_the_full_map_does(
+            fields in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "Connection", "connection", "Keep-Alive", "TE", "Transfer-Encoding",
+                        "transfer-encoding", "Content-Length", "content-length", "Upgrade",
+                        "Proxy-Connection", "Trailer", "X-Private", "x-kept", "close",
+                        "Content-Type",
+                    ]),
+                    proptest::sample::select(vec![
+                        "", "chunked", "gzip, chunked", "chunked, gzip", " , ", "Chunked",
+                        "close", "keep-alive", "Keep-Alive, x-private", "close, te", "x-kept",
+                        "0", "7", "7, 7", "3, 4", "-1", "text/plain",
+                    ]),
+                ),
+                0..8,
+            ),
+            http10 in proptest::bool::ANY,
+            head_method in proptest::bool::ANY,
+        ) {
+            let version = if http10 { "1.0" } else { "1.1" };
+            let mut raw = format!("HTTP/{version} 200 OK\r\n");
+            for (n, v) in &fields {
+                raw.push_str(&format!("{n}: {v}\r\n"));
+            }
+            raw.push_str("\r\n");
+            let method = if head_method { Method::HEAD } else { Method::GET };
+            let mut all = HeaderMap::new();
+            for (n, v) in &fields {
+                all.append(
+                    HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                    HeaderValue::from_str(v.trim()).expect("value"),
+                );
+            }
+            let want = reference::framing(&method, StatusCode::OK, &all).map(|(f, reuse)| {
+                let keep = if http10 {
+                    reference::has_token(&all, header::CONNECTION, "keep-alive")
+                } else {
+                    !reference::has_token(&all, header::CONNECTION, "close")
+                };
+                (f, reuse && keep)
+            });
+            let mut stripped = all.clone();
+            crate::hop::strip(&mut stripped);
+            match head(&raw, &method) {
+                Ok(Parsed::Final(h)) => {
+                    proptest::prop_assert_eq!(Ok((h.framing, h.keep_alive)), want);
+                    proptest::prop_assert_eq!(h.response.headers(), &stripped);
+                }
+                Ok(_) => proptest::prop_assert!(false, "a whole head"),
+                Err(e) => proptest::prop_assert_eq!(Err(e), want),
+            }
         }
 
         /// Content-Length parses exactly the decimal numbers a u64 holds.
