@@ -1020,7 +1020,7 @@ impl Gateway {
         let mut added: smallvec::SmallVec<[(HeaderName, HeaderValue); 4]> =
             smallvec::SmallVec::new();
         added.push((names::X_REQUEST_ID, ctx.request_id.clone()));
-        if let Some(v) = trace.and_then(|t| owned_value(t.to_header_value())) {
+        if let Some(v) = trace.and_then(|t| HeaderValue::from_bytes(&t.to_bytes()).ok()) {
             added.push((names::TRACEPARENT, v));
         }
         if let Some(v) = xff {

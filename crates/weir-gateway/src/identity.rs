@@ -136,16 +136,17 @@ pub fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
-        let (scheme, rest) = v.trim().split_once(' ')?;
+        // A value `to_str` accepts is visible ASCII: ASCII trimming is all the trimming.
+        let (scheme, rest) = v.trim_ascii().split_once(' ')?;
         if scheme.eq_ignore_ascii_case("bearer") {
-            let k = rest.trim();
+            let k = rest.trim_ascii();
             return (!k.is_empty()).then_some(k);
         }
     }
     headers
         .get(crate::respond::names::X_API_KEY)
         .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+        .map(str::trim_ascii)
         .filter(|k| !k.is_empty())
 }
 

@@ -105,19 +105,23 @@ impl Remaining {
 
 /// Where each field of a head `httparse` parsed lies in its buffer, so that once the head
 /// is split off and frozen the values can share its memory instead of being copied.
-pub(crate) struct Spans(smallvec::SmallVec<[(usize, usize, usize, usize); 24]>);
+/// Offsets are `u32`: a head is at most [`MAX_HEAD`] bytes, and the spans of a typical head
+/// stay on the stack in half the bytes `usize`s take (they are moved, and copied, whole).
+pub(crate) struct Spans(smallvec::SmallVec<[[u32; 4]; 24]>);
 
 impl Spans {
-    /// The spans of `fields`, parsed from the buffer starting at `base`.
+    /// The spans of `fields`, parsed from the buffer starting at `base` (a head no longer
+    /// than [`MAX_HEAD`]; were an offset past `u32`, its field would read as an error).
     pub(crate) fn of(base: *const u8, fields: &[httparse::Header<'_>]) -> Spans {
         let base = base as usize;
+        let at = |p: usize| u32::try_from(p).unwrap_or(u32::MAX);
         Spans(
             fields
                 .iter()
                 .map(|h| {
                     let n = h.name.as_ptr() as usize - base;
                     let v = h.value.as_ptr() as usize - base;
-                    (n, n + h.name.len(), v, v + h.value.len())
+                    [at(n), at(n + h.name.len()), at(v), at(v + h.value.len())]
                 })
                 .collect(),
         )
@@ -140,10 +144,13 @@ impl Spans {
     /// The fields as the bytes received, for a reader that looks at some before it builds
     /// any map.
     pub(crate) fn raw<'a>(&'a self, head: &'a Bytes) -> impl Iterator<Item = RawField<'a>> + 'a {
-        self.0.iter().map(move |&(ns, ne, vs, ve)| RawField {
-            name: &head[ns..ne],
-            value: &head[vs..ve],
-            value_at: (vs, ve),
+        self.0.iter().map(move |&[ns, ne, vs, ve]| {
+            let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
+            RawField {
+                name: head.get(ns..ne).unwrap_or_default(),
+                value: head.get(vs..ve).unwrap_or_default(),
+                value_at: (vs, ve),
+            }
         })
     }
 }
@@ -163,7 +170,11 @@ impl RawField<'_> {
     /// an error for a name or value `http` does not accept.
     pub(crate) fn typed(&self, head: &Bytes) -> Result<(HeaderName, HeaderValue), httparse::Error> {
         let name = HeaderName::from_bytes(self.name).map_err(|_| httparse::Error::HeaderName)?;
-        let value = HeaderValue::from_maybe_shared(head.slice(self.value_at.0..self.value_at.1))
+        let (start, end) = self.value_at;
+        if start > end || end > head.len() {
+            return Err(httparse::Error::HeaderValue);
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| httparse::Error::HeaderValue)?;
         Ok((name, value))
     }

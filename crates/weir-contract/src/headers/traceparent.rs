@@ -76,21 +76,28 @@ impl TraceParent {
 
     /// The header value, version `00`.
     pub fn to_header_value(&self) -> String {
-        let mut out = String::with_capacity(55);
-        out.push_str("00-");
-        push_hex(&mut out, &self.trace_id);
-        out.push('-');
-        push_hex(&mut out, &self.parent_id);
-        out.push('-');
-        push_hex(&mut out, &[self.flags]);
+        let bytes = self.to_bytes();
+        // Hex digits and dashes: always UTF-8.
+        std::str::from_utf8(&bytes).unwrap_or_default().to_owned()
+    }
+
+    /// The header value, version `00`, as its 55 bytes: written on the stack, for a caller
+    /// that copies them straight into a header (a gateway does, on every request).
+    pub fn to_bytes(&self) -> [u8; 55] {
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        write_hex(&mut out[3..35], &self.trace_id);
+        write_hex(&mut out[36..52], &self.parent_id);
+        write_hex(&mut out[53..55], &[self.flags]);
         out
     }
 
     /// The trace id as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> String {
-        let mut out = String::with_capacity(32);
-        push_hex(&mut out, &self.trace_id);
-        out
+        let bytes = self.to_bytes();
+        std::str::from_utf8(&bytes[3..35])
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -109,19 +116,12 @@ fn hex_byte(pair: &[u8]) -> Option<u8> {
     }
 }
 
-/// Appends `bytes` as lowercase hex, sixteen bytes at a time through a stack buffer (one
-/// `push_str` per piece rather than a `push` per digit: a gateway writes a traceparent on
-/// every request it forwards).
-fn push_hex(out: &mut String, bytes: &[u8]) {
+/// Writes `bytes` as lowercase hex into `out` (twice as long).
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for piece in bytes.chunks(16) {
-        let mut buf = [0u8; 32];
-        for (pair, b) in buf.chunks_exact_mut(2).zip(piece) {
-            pair[0] = HEX[usize::from(b >> 4)];
-            pair[1] = HEX[usize::from(b & 0xf)];
-        }
-        let digits = buf.get(..piece.len() * 2).unwrap_or_default();
-        out.push_str(std::str::from_utf8(digits).unwrap_or_default());
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
 
@@ -170,6 +170,7 @@ mod tests {
             let want = format!("00-{}-{}-{:02x}", hex(&trace_id), hex(&parent_id), flags);
             let value = t.to_header_value();
             proptest::prop_assert_eq!(&value, &want);
+            proptest::prop_assert_eq!(&t.to_bytes()[..], want.as_bytes());
             proptest::prop_assert_eq!(t.trace_id_hex(), hex(&trace_id));
             proptest::prop_assert_eq!(TraceParent::parse(&value), Some(t));
         }

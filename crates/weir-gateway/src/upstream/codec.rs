@@ -58,11 +58,13 @@ pub enum Framing {
 /// A parsed final response head.
 #[derive(Debug)]
 pub struct Head {
-    /// Status, version and the end-to-end fields as received (`Content-Length` included).
-    /// The hop-by-hop fields (RFC 9110 §7.6.1: `Connection`, `Transfer-Encoding` and the
-    /// rest of [`crate::hop`]'s list, and whatever `Connection` names) describe this one
-    /// connection: they decide [`Head::framing`] and [`Head::keep_alive`] and are left out,
-    /// so a proxy passes the fields on as they are.
+    /// Status, version and the end-to-end fields as received. The hop-by-hop fields (RFC
+    /// 9110 §7.6.1: `Connection`, `Transfer-Encoding` and the rest of [`crate::hop`]'s list,
+    /// and whatever `Connection` names) describe this one connection: they decide
+    /// [`Head::framing`] and [`Head::keep_alive`] and are left out, so a proxy passes the
+    /// fields on as they are. `Content-Length` is here only when no body follows (a HEAD,
+    /// a 304: it tells the size a GET would have had); otherwise the body's exact size is
+    /// the length.
     pub response: http::Response<()>,
     /// How the body is delimited.
     pub framing: Framing,
@@ -132,7 +134,9 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
             continue;
         }
         if field.name.eq_ignore_ascii_case(b"content-length") {
+            // Read, and put back below only where no body will carry the length.
             controls.content_length(field.value);
+            continue;
         }
         let (name, value) = field.typed(&head).map_err(ProtocolError::Head)?;
         headers.append(name, value);
@@ -148,6 +152,13 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
         }
     }
     let (framing, mut keep_alive) = framing(method, status, &controls)?;
+    if let (Framing::Empty, Length::Valid(n)) = (framing, controls.length) {
+        // No body follows (a HEAD, a 304): the length describes the body a GET would have
+        // had, and is passed on. Where a body follows, the body's exact size is the length
+        // (written by whoever frames the response), and a length beside chunked framing
+        // must not be passed on at all.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
     keep_alive &= match version {
         Version::HTTP_11 => !controls.close,
         _ => controls.keep_alive,
@@ -558,6 +569,21 @@ mod tests {
             })
         }
 
+        /// The length every `Content-Length` value agrees on, if they do.
+        pub fn length(headers: &HeaderMap) -> Option<u64> {
+            let mut length = None;
+            for value in headers.get_all(header::CONTENT_LENGTH) {
+                for part in value.as_bytes().split(|b| *b == b',') {
+                    let n = parse_decimal(part.trim_ascii())?;
+                    if length.is_some_and(|l| l != n) {
+                        return None;
+                    }
+                    length = Some(n);
+                }
+            }
+            length
+        }
+
         pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
             headers
                 .get_all(name)
@@ -955,9 +981,9 @@ mod tests {
         }
 
         /// A parsed head's fields are the upstream's fields with the hop-by-hop ones
-        /// stripped, and its framing and reuse are what the whole field map says (the
-        /// reference model: every field in a map, read there with `get_all`, then
-        /// `hop::strip`).
+        /// stripped and `Content-Length` only where no body follows, and its framing and
+        /// reuse are what the whole field map says (the reference model: every field in a
+        /// map, read there with `get_all`, then `hop::strip`).
         #[test]
         fn heads_read_their_hop_by_hop_fields_as_the_full_map_does(
             fields in proptest::collection::vec(
@@ -1003,6 +1029,10 @@ mod tests {
             });
             let mut stripped = all.clone();
             crate::hop::strip(&mut stripped);
+            stripped.remove(header::CONTENT_LENGTH);
+            if let (Ok((Framing::Empty, _)), Some(n)) = (&want, reference::length(&all)) {
+                stripped.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
             match head(&raw, &method) {
                 Ok(Parsed::Final(h)) => {
                     proptest::prop_assert_eq!(Ok((h.framing, h.keep_alive)), want);
