@@ -1,6 +1,7 @@
 //! What an upstream sends back, as the proxy reads it: response heads (interim ones skipped)
 //! and the body in whatever framing the head chose, fed in pieces of the sizes the input
-//! picks. It may not panic or loop; a chunked body never yields more than was fed.
+//! picks. It may not panic or loop; a chunked body never yields more than was fed; the
+//! fields a head passes on hold no hop-by-hop field.
 #![no_main]
 use bytes::BytesMut;
 use http::Method;
@@ -26,6 +27,9 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => return,
         }
     };
+    let mut stripped = head.response.headers().clone();
+    weir_gateway::hop::strip(&mut stripped);
+    assert_eq!(&stripped, head.response.headers());
     if let Framing::Chunked = head.framing {
         let mut decoder = ChunkedDecoder::default();
         let mut fed = buf.len();

@@ -1050,7 +1050,7 @@ impl Gateway {
             .unwrap_or_else(|| self.pool.clone());
         // The upstream answers (the head) within its timeout, and then never pauses longer
         // than that between two parts of the body.
-        let sent = tokio::time::timeout_at(
+        let sent = crate::deadline::within(
             (started + upstream.timeout).into(),
             pool.send_rewritten(out, &rewrite, upstream.timeout),
         )

@@ -9,6 +9,7 @@ pub mod balance;
 pub mod body;
 pub mod client_ip;
 pub mod config;
+mod deadline;
 pub mod demo;
 pub mod gateway;
 pub mod h1;

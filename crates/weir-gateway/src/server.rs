@@ -214,6 +214,9 @@ impl Server {
                             tracing::error!("could not start a worker runtime");
                             return;
                         };
+                        // Every task of this thread runs on it: upstream deadlines can be
+                        // kept in the thread's own table.
+                        crate::deadline::use_on_this_thread();
                         rt.block_on(async move {
                             crate::gateway::WORKER_POOL.with(|c| {
                                 let _ = c.set(crate::upstream::UpstreamPool::new());
