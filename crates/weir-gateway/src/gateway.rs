@@ -1075,7 +1075,7 @@ impl Gateway {
             }
         };
         let success = matches!(&result, Ok(r) if r.status().as_u16() < 500);
-        breaker.record(answered, success, probe);
+        crate::outcomes::record(breaker, answered, success, probe);
         rt.metrics.upstream(&route.upstream, elapsed.as_secs_f64());
         // The upstream client leaves the response's hop-by-hop fields out as it parses the
         // head (`upstream::codec::Head`): there is nothing to strip here.

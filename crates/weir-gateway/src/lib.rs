@@ -17,6 +17,7 @@ pub mod hop;
 pub mod idempotency;
 pub mod identity;
 pub mod layer;
+mod outcomes;
 mod present;
 pub mod respond;
 pub mod server;

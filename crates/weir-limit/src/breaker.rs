@@ -142,6 +142,22 @@ impl Breaker {
 
     /// Records an outcome.
     pub fn record(&self, now: Instant, success: bool, probe: bool) {
+        self.record_counts(now, u64::from(success), u64::from(!success), probe);
+    }
+
+    /// Records `n` successes at `now` at once, as `n` calls of `record(now, true, false)`
+    /// would: for a caller that counts the successes of a busy path on its own and hands
+    /// them over in batches, so that path does not take the shared lock every time.
+    pub fn record_successes(&self, now: Instant, n: u64) {
+        if n > 0 {
+            self.record_counts(now, n, 0, false);
+        }
+    }
+
+    /// Records `ok` successes and `fail` failures at `now` (exactly one of the two is 1
+    /// when `probe`).
+    fn record_counts(&self, now: Instant, ok: u64, fail: u64, probe: bool) {
+        let success = fail == 0;
         let mut s = self.state.lock();
         if probe || matches!(s.phase, Phase::HalfOpen { .. }) {
             if success {
@@ -164,29 +180,31 @@ impl Breaker {
         {
             s.buckets.pop_front();
         }
-        match s.buckets.back_mut() {
-            Some((t, ok, fail)) if now.saturating_duration_since(*t) < width => {
-                if success {
-                    *ok += 1;
-                } else {
-                    *fail += 1;
-                }
-            }
-            _ => s
-                .buckets
-                .push_back((now, u64::from(success), u64::from(!success))),
-        }
-        let (ok, fail) = s
+        let (ok0, fail0) = s
             .buckets
             .iter()
             .fold((0, 0), |(a, b), (_, o, f)| (a + o, b + f));
-        let total = ok + fail;
-        if total >= self.config.min_requests
-            && fail as f64 >= self.config.failure_ratio * total as f64
-        {
+        let opens = |ok_in: u64, fail_in: u64| {
+            let total = ok0 + fail0 + ok_in + fail_in;
+            total >= self.config.min_requests
+                && (fail0 + fail_in) as f64 >= self.config.failure_ratio * total as f64
+        };
+        // Outcomes are judged one at a time, as they arrived: a batch of successes opens
+        // the breaker if one of them would have on its own. Only the first that brings
+        // the window to `min_requests` can (each later one only lowers the ratio).
+        let first = self.config.min_requests.saturating_sub(ok0 + fail0).max(1);
+        if opens(ok, fail) || (fail == 0 && first <= ok && opens(first, 0)) {
             let until = now + self.config.open_for;
             self.enter(&mut s, Phase::Open { until });
             s.buckets.clear();
+            return;
+        }
+        match s.buckets.back_mut() {
+            Some((t, oks, fails)) if now.saturating_duration_since(*t) < width => {
+                *oks += ok;
+                *fails += fail;
+            }
+            _ => s.buckets.push_back((now, ok, fail)),
         }
     }
 }
@@ -270,6 +288,40 @@ mod tests {
                     matches!(phase, Phase::Closed)
                 );
                 proptest::prop_assert_eq!(fast.state_code(), locked.state_code());
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// A batch of successes leaves the breaker exactly as that many single successes
+        /// at the same moment do, in any phase and between any other outcomes.
+        #[test]
+        fn a_batch_of_successes_is_that_many_successes(
+            steps in proptest::collection::vec((0u64..3000, 0u64..5, proptest::bool::ANY), 1..100),
+        ) {
+            let (batched, single) = (breaker(), breaker());
+            let mut now = Instant::now();
+            for (advance_ms, n, fail_after) in steps {
+                now += Duration::from_millis(advance_ms);
+                let (a, b) = (batched.admit(now), single.admit(now));
+                proptest::prop_assert_eq!(a, b);
+                let probe = matches!(a, Admission::Allowed { probe: true });
+                if probe {
+                    batched.record(now, !fail_after, true);
+                    single.record(now, !fail_after, true);
+                    continue;
+                }
+                batched.record_successes(now, n);
+                for _ in 0..n {
+                    single.record(now, true, false);
+                }
+                if fail_after {
+                    batched.record(now, false, false);
+                    single.record(now, false, false);
+                }
+                let (x, y) = (batched.state.lock(), single.state.lock());
+                proptest::prop_assert_eq!(x.phase, y.phase);
+                proptest::prop_assert_eq!(&x.buckets, &y.buckets);
             }
         }
     }
