@@ -15,8 +15,7 @@
 //! [`within`] is tokio's own timeout.
 
 use std::cell::{Cell, RefCell};
-use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::future::Future;
 use std::task::{Context, Poll, Waker};
 use tokio::time::{Duration, Instant};
 
@@ -28,23 +27,49 @@ pub(crate) const TICK: Duration = Duration::from_millis(10);
 pub(crate) struct Expired;
 
 /// Runs `work` until it is done or `at` has passed, whichever comes first.
-pub(crate) async fn within<F: Future>(at: Instant, work: F) -> Result<F::Output, Expired> {
-    if !ON.get() {
-        return tokio::time::timeout_at(at, work).await.map_err(|_| Expired);
+pub(crate) fn within<F: Future>(at: Instant, work: F) -> Within<F> {
+    if ON.get() {
+        Within::Table {
+            work,
+            slot: Slot { at, key: None },
+        }
+    } else {
+        Within::Tokio {
+            timeout: tokio::time::timeout_at(at, work),
+        }
     }
-    let mut work = pin!(work);
-    let mut slot = Slot { at, key: None };
-    poll_fn(|cx| {
-        if let Poll::Ready(out) = work.as_mut().poll(cx) {
-            return Poll::Ready(Ok(out));
+}
+
+pin_project_lite::pin_project! {
+    /// [`within`]'s future: written out, not an `async fn`, so the work is stored once and
+    /// never moved inside it (an exchange's future is large, and each move is a copy).
+    #[project = WithinProj]
+    pub(crate) enum Within<F> {
+        /// On a worker thread: the thread's table.
+        Table { #[pin] work: F, slot: Slot },
+        /// Anywhere else: tokio's timer.
+        Tokio { #[pin] timeout: tokio::time::Timeout<F> },
+    }
+}
+
+impl<F: Future> Future for Within<F> {
+    type Output = Result<F::Output, Expired>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            WithinProj::Table { work, slot } => {
+                if let Poll::Ready(out) = work.poll(cx) {
+                    return Poll::Ready(Ok(out));
+                }
+                if slot.expired(cx) {
+                    Poll::Ready(Err(Expired))
+                } else {
+                    Poll::Pending
+                }
+            }
+            WithinProj::Tokio { timeout } => timeout.poll(cx).map_err(|_| Expired),
         }
-        if slot.expired(cx) {
-            Poll::Ready(Err(Expired))
-        } else {
-            Poll::Pending
-        }
-    })
-    .await
+    }
 }
 
 /// Makes [`within`] use this thread's table: only on a thread whose tasks all run on it (a
@@ -121,7 +146,7 @@ impl Table {
 }
 
 /// One exchange's place in the table, taken when it first waits, given back when dropped.
-struct Slot {
+pub(crate) struct Slot {
     at: Instant,
     key: Option<usize>,
 }
