@@ -123,6 +123,30 @@ mod tests {
     }
 
     #[test]
+    fn successes_from_before_an_opening_do_not_close_it() {
+        // This thread holds successes from before the breaker opened. While half-open, an
+        // exchange it started before the opening fails late: the successes handed over
+        // first must not pass for a probe's success and close the breaker.
+        let b = breaker(4);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            record(&b, t0, true, false);
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..8 {
+                    record(&b, t0, false, false);
+                }
+            });
+        });
+        assert!(is_open(&b, t0));
+        let t1 = t0 + Duration::from_secs(6);
+        assert_eq!(b.admit(t1), Admission::Allowed { probe: true });
+        record(&b, t1, false, false);
+        assert!(is_open(&b, t1), "a failure while half-open opens it again");
+    }
+
+    #[test]
     fn successes_are_handed_over_once_they_wait_too_long() {
         // A thread that counted a few successes and then went on to a later one hands them
         // all over: another breaker's failures are then judged with them.

@@ -142,23 +142,29 @@ impl Breaker {
 
     /// Records an outcome.
     pub fn record(&self, now: Instant, success: bool, probe: bool) {
-        self.record_counts(now, u64::from(success), u64::from(!success), probe);
+        self.record_counts(now, u64::from(success), u64::from(!success), probe, false);
     }
 
-    /// Records `n` successes at `now` at once, as `n` calls of `record(now, true, false)`
-    /// would: for a caller that counts the successes of a busy path on its own and hands
-    /// them over in batches, so that path does not take the shared lock every time.
+    /// Records `n` successes of requests admitted while closed, at `now` at once, as `n`
+    /// calls of `record(now, true, false)` would while the breaker is still closed: for a
+    /// caller that counts the successes of a busy path on its own and hands them over in
+    /// batches, so that path does not take the shared lock every time. Once the breaker has
+    /// opened since, they are dropped: opening cleared the window they belonged to, and a
+    /// late batch must not pass for a half-open probe's success.
     pub fn record_successes(&self, now: Instant, n: u64) {
         if n > 0 {
-            self.record_counts(now, n, 0, false);
+            self.record_counts(now, n, 0, false, true);
         }
     }
 
     /// Records `ok` successes and `fail` failures at `now` (exactly one of the two is 1
-    /// when `probe`).
-    fn record_counts(&self, now: Instant, ok: u64, fail: u64, probe: bool) {
+    /// when `probe`; `batch`: successes handed over by `record_successes`).
+    fn record_counts(&self, now: Instant, ok: u64, fail: u64, probe: bool, batch: bool) {
         let success = fail == 0;
         let mut s = self.state.lock();
+        if batch && !matches!(s.phase, Phase::Closed) {
+            return;
+        }
         if probe || matches!(s.phase, Phase::HalfOpen { .. }) {
             if success {
                 self.enter(&mut s, Phase::Closed);
@@ -311,9 +317,12 @@ mod tests {
                     single.record(now, !fail_after, true);
                     continue;
                 }
-                batched.record_successes(now, n);
-                for _ in 0..n {
-                    single.record(now, true, false);
+                if a == (Admission::Allowed { probe: false }) {
+                    // Requests admitted while closed: their successes, batched or not.
+                    batched.record_successes(now, n);
+                    for _ in 0..n {
+                        single.record(now, true, false);
+                    }
                 }
                 if fail_after {
                     batched.record(now, false, false);
@@ -324,6 +333,23 @@ mod tests {
                 proptest::prop_assert_eq!(&x.buckets, &y.buckets);
             }
         }
+    }
+
+    #[test]
+    fn a_late_batch_does_not_pass_for_a_probe() {
+        let b = breaker();
+        let t0 = Instant::now();
+        for _ in 0..4 {
+            b.record(t0, false, false);
+        }
+        assert!(matches!(b.admit(t0), Admission::Open { .. }));
+        let t1 = t0 + Duration::from_secs(6);
+        assert_eq!(b.admit(t1), Admission::Allowed { probe: true });
+        // Successes counted before the breaker opened, handed over only now.
+        b.record_successes(t1, 3);
+        assert_eq!(b.state_code(), 2, "still half-open");
+        b.record(t1, false, true);
+        assert!(matches!(b.admit(t1), Admission::Open { .. }));
     }
 
     #[test]
