@@ -4,7 +4,7 @@
 
 use crate::upstream::codec::{ChunkedDecoder, Decoded, ProtocolError};
 use bytes::{Bytes, BytesMut};
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::SizeHint;
 
 /// Appends one `name: value` field line.
@@ -180,6 +180,46 @@ impl RawField<'_> {
     }
 }
 
+/// A field map with room for `fields` fields, from this thread's spares when it has one.
+///
+/// Each proxied exchange builds two maps (the client's request, the upstream's response)
+/// and drops them once their head is written: two allocations each. Maps given back with
+/// [`recycle`] are emptied and reused instead, their memory kept.
+pub(crate) fn field_map(fields: usize) -> HeaderMap {
+    let spare = SPARE_MAPS.with_borrow_mut(Vec::pop);
+    match spare {
+        Some(mut map) => {
+            map.reserve(fields);
+            map
+        }
+        None => HeaderMap::with_capacity(fields),
+    }
+}
+
+/// Gives a map whose fields are no longer needed back to this thread's spares (a small
+/// one: a map grown by an unusually large head is dropped, not kept).
+pub(crate) fn recycle(mut map: HeaderMap) {
+    if map.capacity() > MAX_SPARE_CAPACITY {
+        return;
+    }
+    map.clear();
+    // At thread exit the spares may be gone: the map is then simply dropped.
+    let _ = SPARE_MAPS.try_with(|spares| {
+        let mut spares = spares.borrow_mut();
+        if spares.len() < MAX_SPARE_MAPS {
+            spares.push(map);
+        }
+    });
+}
+
+/// The most spare maps a thread keeps, and the largest capacity a kept one may have.
+const MAX_SPARE_MAPS: usize = 16;
+const MAX_SPARE_CAPACITY: usize = 64;
+
+thread_local! {
+    static SPARE_MAPS: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The longest head (request or response) either side accepts.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 
@@ -207,6 +247,31 @@ pub(crate) fn may_end(buf: &[u8], seen: usize) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_recycled_map_comes_back_empty_with_its_memory() {
+        let mut map = field_map(4);
+        map.insert("x-a", HeaderValue::from_static("1"));
+        map.append("x-a", HeaderValue::from_static("2"));
+        let capacity = map.capacity();
+        recycle(map);
+        let again = field_map(2);
+        assert!(again.is_empty(), "no field survives");
+        assert_eq!(again.capacity(), capacity, "the same memory");
+        // A map grown past the limit is not kept.
+        let mut big = HeaderMap::with_capacity(4);
+        for i in 0..MAX_SPARE_CAPACITY + 1 {
+            big.insert(
+                HeaderName::from_bytes(format!("x-{i}").as_bytes()).expect("name"),
+                HeaderValue::from_static("v"),
+            );
+        }
+        recycle(big);
+        assert!(
+            field_map(1).capacity() < MAX_SPARE_CAPACITY,
+            "a fresh map instead"
+        );
+    }
 
     #[test]
     fn take_counts_off_what_it_takes() {

@@ -323,7 +323,8 @@ async fn respond_with(
         framing,
         close,
     );
-    drop(parts);
+    // The head is written: the field map goes back for the next exchange of this thread.
+    crate::wire::recycle(parts.headers);
     if let Framing::Bodiless(_) = framing {
         // Nothing to send: the body is not even polled.
         sender.write_all(out, &[]).await?;

@@ -9,7 +9,7 @@
 //! transfer codings other than a final `chunked` (the request-smuggling confusions).
 
 use bytes::BytesMut;
-use http::{header, HeaderMap, Method, Uri, Version};
+use http::{header, Method, Uri, Version};
 
 /// The largest request head accepted (request line and fields); larger gets 431.
 pub const MAX_HEAD: usize = crate::wire::MAX_HEAD;
@@ -124,7 +124,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
         .map_err(|_| HeadError::Target)?;
     // Sized to what arrived: the fields weir adds when forwarding are written with the
     // upstream head, never inserted into this map.
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = crate::wire::field_map(spans.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut coded = false;

@@ -126,7 +126,7 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
     // written straight into the client's response head (`gateway::Stamp`), not put here.
     // One pass over the fields as received: the hop-by-hop ones are read, not stored (a
     // stored field a proxy then removes costs two hashed map operations).
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = crate::wire::field_map(spans.len());
     let mut controls = Controls::default();
     for field in spans.raw(&head) {
         if let Some(i) = crate::hop::hop_index_raw(field.name) {

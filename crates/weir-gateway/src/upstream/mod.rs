@@ -275,7 +275,7 @@ impl UpstreamPool {
         rewrite: &Rewrite<'_>,
         stall: Option<Duration>,
     ) -> Result<Response<Body>, UpstreamError> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let authority = match (parts.uri.scheme(), parts.uri.authority()) {
             (Some(s), Some(a)) if *s == Scheme::HTTP => a.clone(),
             _ => return Err(UpstreamError::Unsupported(parts.uri.to_string())),
@@ -308,6 +308,8 @@ impl UpstreamPool {
             rewrite,
             framing,
         );
+        // The head is written: the field map goes back for the next exchange of this thread.
+        crate::wire::recycle(std::mem::take(&mut parts.headers));
         match framing {
             RequestFraming::None | RequestFraming::Length(0) => flush(&mut conn).await?,
             _ => Box::pin(write_body(&mut conn, body, framing)).await?,
