@@ -109,18 +109,33 @@ pub struct Runtime {
     key_index: identity::KeyIndex,
     metrics: telemetry::Metrics,
     upstream_urls: BTreeMap<String, String>,
-    targets: BTreeMap<String, Target>,
     breakers: BTreeMap<String, Arc<Breaker>>,
+    /// The upstreams in the configuration's order (by name), with what each request needs
+    /// of them, and each route's position in it: found once per configuration, not looked
+    /// up by name on every request.
+    upstreams: Vec<UpstreamRt>,
+    route_upstreams: Vec<Option<usize>>,
+    /// The upstreams' parsed bases, in the order of `upstreams`.
+    targets: Vec<Option<Target>>,
+}
+
+/// What a request needs of its upstream.
+struct UpstreamRt {
+    name: String,
+    url: String,
+    breaker: Arc<Breaker>,
+    timeout: Duration,
 }
 
 /// A thread's handle on the current [`Runtime`] (see [`Gateway::view`]); it dereferences
 /// to the runtime.
 pub(crate) struct View {
     rt: Arc<Runtime>,
-    /// This thread's own copies of the upstream targets. Each request clones its target's
-    /// authority, which bumps a reference count: one shared by every worker thread would be
-    /// written by all of them on every request.
-    targets: BTreeMap<String, Target>,
+    /// This thread's own copies of the upstream targets (in the order of
+    /// `Runtime::upstreams`). Each request clones its target's authority, which bumps a
+    /// reference count: one shared by every worker thread would be written by all of them
+    /// on every request.
+    targets: Vec<Option<Target>>,
 }
 
 impl View {
@@ -128,7 +143,7 @@ impl View {
         let targets = rt
             .targets
             .iter()
-            .map(|(name, t)| (name.clone(), t.copy()))
+            .map(|t| t.as_ref().map(Target::copy))
             .collect();
         View { rt, targets }
     }
@@ -960,13 +975,13 @@ impl Gateway {
         body: ReqBody,
         peer: HeaderValue,
     ) -> Step<Response<Body>> {
-        let (Some(base), Some(breaker), Some(upstream)) = (
-            rt.upstream_urls.get(&route.upstream),
-            rt.breakers.get(&route.upstream),
-            rt.config.upstreams.get(&route.upstream),
-        ) else {
+        let index = ctx
+            .route
+            .and_then(|r| rt.route_upstreams.get(r).copied().flatten());
+        let Some((index, upstream)) = index.and_then(|i| Some((i, rt.upstreams.get(i)?))) else {
             return Err(Refusal::code("SERVICE_UNAVAILABLE").retry_after(1));
         };
+        let (base, breaker) = (&upstream.url, &upstream.breaker);
         // One clock reading serves the breaker, the upstream latency and the deadline: the
         // few microseconds of header work in between do not matter at these scales.
         let started = Instant::now();
@@ -982,7 +997,8 @@ impl Gateway {
                     .retry_after(secs));
             }
         };
-        let Some(uri) = upstream_uri(base, rt.targets.get(&route.upstream), &parts.uri) else {
+        let target = rt.targets.get(index).and_then(Option::as_ref);
+        let Some(uri) = upstream_uri(base, target, &parts.uri) else {
             return Err(
                 Refusal::code("REQUEST_MALFORMED").message("The request path cannot be forwarded.")
             );
@@ -1076,7 +1092,8 @@ impl Gateway {
         };
         let success = matches!(&result, Ok(r) if r.status().as_u16() < 500);
         crate::outcomes::record(breaker, answered, success, probe);
-        rt.metrics.upstream(&route.upstream, elapsed.as_secs_f64());
+        rt.metrics
+            .upstream(index, &upstream.name, elapsed.as_secs_f64());
         // The upstream client leaves the response's hop-by-hop fields out as it parses the
         // head (`upstream::codec::Head`): there is nothing to strip here.
         let (rparts, rbody) = result?.into_parts();
@@ -1331,7 +1348,7 @@ impl Runtime {
                 (n.clone(), url)
             })
             .collect();
-        let breakers = config
+        let breakers: BTreeMap<String, Arc<Breaker>> = config
             .upstreams
             .iter()
             .map(|(n, u)| {
@@ -1351,12 +1368,28 @@ impl Runtime {
                 )
             })
             .collect();
-        let targets = upstream_urls
+        let upstreams: Vec<UpstreamRt> = config
+            .upstreams
             .iter()
-            .filter_map(|(n, url)| Some((n.clone(), Target::parse(url)?)))
+            .filter_map(|(n, u)| {
+                Some(UpstreamRt {
+                    name: n.clone(),
+                    url: upstream_urls.get(n)?.clone(),
+                    breaker: Arc::clone(breakers.get(n)?),
+                    timeout: u.timeout,
+                })
+            })
             .collect();
+        let route_upstreams = config
+            .routes
+            .iter()
+            .map(|r| upstreams.iter().position(|u| u.name == r.upstream))
+            .collect();
+        let targets = upstreams.iter().map(|u| Target::parse(&u.url)).collect();
         Runtime {
             targets,
+            upstreams,
+            route_upstreams,
             field_names: respond::FieldNames::of(&config.policy),
             key_index: identity::KeyIndex::new(&config.keys),
             metrics: telemetry::Metrics::new(&config),
@@ -1395,8 +1428,9 @@ mod tests {
         let (a, b) = (gw.view(), gw.view());
         assert!(Arc::ptr_eq(&a, &b), "the same view while the runtime stays");
         assert!(Arc::ptr_eq(&a.rt, &gw.runtime()));
-        let shared = &gw.runtime().targets["up"].authority;
-        let own = &a.targets["up"].authority;
+        let rt = gw.runtime();
+        let shared = &rt.targets[0].as_ref().expect("a target").authority;
+        let own = &a.targets[0].as_ref().expect("a target").authority;
         assert_eq!(own, shared);
         assert_ne!(
             own.as_str().as_ptr(),
@@ -1408,7 +1442,14 @@ mod tests {
         let c = gw.view();
         assert!(!Arc::ptr_eq(&a, &c), "a reload makes a new view");
         assert!(Arc::ptr_eq(&c.rt, &gw.runtime()));
-        assert_eq!(c.targets["up"].authority.as_str(), "127.0.0.1:2");
+        let target = c.targets[0].as_ref().expect("a target");
+        assert_eq!(target.authority.as_str(), "127.0.0.1:2");
+        assert_eq!(c.upstreams[0].name, "up");
+        assert_eq!(
+            c.route_upstreams,
+            [Some(0)],
+            "the route's upstream, by position"
+        );
     }
 
     /// A gateway whose policy has limits `a`, `b` and `c`, with the IETF fields on or off.

@@ -42,8 +42,9 @@ pub struct Metrics {
     generation: u64,
     /// Route names by index, then [`NO_ROUTE`] last.
     route_names: Vec<String>,
-    /// Upstream names and their index in [`Local::upstreams`].
-    upstreams: BTreeMap<String, usize>,
+    /// How many upstreams the configuration has (their latency cells are in
+    /// [`Local::upstreams`], in name order).
+    upstreams: usize,
     /// `weir_breaker_state{upstream}` by upstream name.
     breakers: BTreeMap<String, Gauge>,
 }
@@ -77,12 +78,7 @@ impl Metrics {
     pub fn new(config: &Config) -> Metrics {
         let mut route_names: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
         route_names.push(NO_ROUTE.to_owned());
-        let upstreams = config
-            .upstreams
-            .keys()
-            .enumerate()
-            .map(|(i, u)| (u.clone(), i))
-            .collect();
+        let upstreams = config.upstreams.len();
         let breakers = config
             .upstreams
             .keys()
@@ -197,11 +193,12 @@ impl Metrics {
         }
     }
 
-    /// One upstream call's latency.
-    pub fn upstream(&self, upstream: &str, seconds: f64) {
-        let Some(&u) = self.upstreams.get(upstream) else {
+    /// One upstream call's latency: `upstream` is the upstream's name and `u` its position
+    /// among the configuration's upstreams (in name order).
+    pub fn upstream(&self, u: usize, upstream: &str, seconds: f64) {
+        if u >= self.upstreams {
             return;
-        };
+        }
         let cell = || {
             tally::histogram(
                 "weir_upstream_latency_seconds",
