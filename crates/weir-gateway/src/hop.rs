@@ -15,6 +15,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+/// Where `Connection` and `Transfer-Encoding` are in [`HOP_BY_HOP`], for a reader that
+/// looks at their values.
+pub(crate) const CONNECTION_AT: usize = 0;
+pub(crate) const TRANSFER_ENCODING_AT: usize = 5;
+
 /// Where `name` is in [`HOP_BY_HOP`]: a match on the name's text, which compiles to a
 /// switch on its length and one comparison, instead of comparing it with each of the eight.
 fn hop_index(name: &HeaderName) -> Option<usize> {
@@ -121,6 +126,12 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn the_named_positions_are_those_fields() {
+        assert_eq!(HOP_BY_HOP[CONNECTION_AT], header::CONNECTION);
+        assert_eq!(HOP_BY_HOP[TRANSFER_ENCODING_AT], header::TRANSFER_ENCODING);
     }
 
     #[test]

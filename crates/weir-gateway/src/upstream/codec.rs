@@ -145,7 +145,7 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
         // `Connection` named other fields (rare): they are hop-by-hop too.
         let connection = spans
             .raw(&head)
-            .filter(|f| crate::hop::hop_index_raw(f.name) == Some(0))
+            .filter(|f| crate::hop::hop_index_raw(f.name) == Some(crate::hop::CONNECTION_AT))
             .map(|f| f.value);
         for name in crate::hop::listed_names(connection) {
             headers.remove(name);
@@ -206,16 +206,15 @@ impl Controls {
     /// Notes the hop-by-hop field `HOP_BY_HOP[index]` with `value`.
     fn hop(&mut self, index: usize, value: &[u8]) {
         match index {
-            // Connection.
-            0 => {
+            crate::hop::CONNECTION_AT => {
                 for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                     self.close |= token.eq_ignore_ascii_case(b"close");
                     self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                 }
                 self.lists_fields |= crate::hop::listed(value).next().is_some();
             }
-            // Transfer-Encoding: a line with no coding leaves the last one as it was.
-            5 => {
+            // A line with no coding leaves the last one as it was.
+            crate::hop::TRANSFER_ENCODING_AT => {
                 let last = value
                     .split(|b| *b == b',')
                     .map(<[u8]>::trim_ascii)
