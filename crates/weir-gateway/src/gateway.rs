@@ -136,16 +136,19 @@ pub(crate) struct View {
     /// reference count: one shared by every worker thread would be written by all of them
     /// on every request.
     targets: Vec<Option<Target>>,
+    /// The upstream pool this thread uses: its worker's own, or the gateway's (held here so
+    /// a request borrows it rather than cloning a handle).
+    pool: UpstreamPool,
 }
 
 impl View {
-    fn of(rt: Arc<Runtime>) -> View {
+    fn of(rt: Arc<Runtime>, pool: UpstreamPool) -> View {
         let targets = rt
             .targets
             .iter()
             .map(|t| t.as_ref().map(Target::copy))
             .collect();
-        View { rt, targets }
+        View { rt, targets, pool }
     }
 }
 
@@ -424,12 +427,17 @@ impl Gateway {
     /// keeps the runtime it used last alive until then.
     fn view(&self) -> Arc<View> {
         let current = self.runtime.load();
+        let pool = || {
+            WORKER_POOL
+                .with(|c| c.get().cloned())
+                .unwrap_or_else(|| self.pool.clone())
+        };
         let cached = VIEW.try_with(|cell| {
             let mut cell = cell.try_borrow_mut().ok()?;
             match &*cell {
                 Some(view) if Arc::ptr_eq(&view.rt, &current) => Some(view.clone()),
                 _ => {
-                    let view = Arc::new(View::of(Arc::clone(&current)));
+                    let view = Arc::new(View::of(Arc::clone(&current), pool()));
                     *cell = Some(view.clone());
                     Some(view)
                 }
@@ -437,7 +445,7 @@ impl Gateway {
         });
         match cached {
             Ok(Some(view)) => view,
-            _ => Arc::new(View::of(arc_swap::Guard::into_inner(current))),
+            _ => Arc::new(View::of(arc_swap::Guard::into_inner(current), pool())),
         }
     }
 
@@ -1061,9 +1069,7 @@ impl Gateway {
             ReqBody::Streaming(b) => b,
         };
         let out = Request::from_parts(parts, body);
-        let pool = WORKER_POOL
-            .with(|c| c.get().cloned())
-            .unwrap_or_else(|| self.pool.clone());
+        let pool = &rt.pool;
         // The upstream answers (the head) within its timeout, and then never pauses longer
         // than that between two parts of the body.
         let sent = crate::deadline::within(
