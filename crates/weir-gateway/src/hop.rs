@@ -45,6 +45,32 @@ pub(crate) fn hop_index_raw(name: &[u8]) -> Option<usize> {
     })
 }
 
+/// What `Connection` values say of the connection itself: whether they list `close` and
+/// `keep-alive` (case-insensitive), for every reader of a head: requests, upstream
+/// responses, and a handler's response.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnectionOptions {
+    pub(crate) close: bool,
+    pub(crate) keep_alive: bool,
+}
+
+impl ConnectionOptions {
+    /// The options one value lists.
+    pub(crate) fn of(value: &[u8]) -> ConnectionOptions {
+        let mut options = ConnectionOptions::default();
+        options.note(value);
+        options
+    }
+
+    /// Adds the options another value lists.
+    pub(crate) fn note(&mut self, value: &[u8]) {
+        for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            self.close |= token.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+}
+
 /// The names a `Connection` field value lists, trimmed, but for `keep-alive`: a sender's
 /// `Connection` names fields that are hop-by-hop too (even `close`), and `keep-alive` is
 /// one of [`HOP_BY_HOP`] anyway. The value is read as bytes, so one that also carries

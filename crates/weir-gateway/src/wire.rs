@@ -15,6 +15,32 @@ pub(crate) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `1*DIGIT` as a u64: no sign, no spaces, no overflow.
+pub(crate) fn decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
+/// Adds what a `Content-Length` value says to `length` (what earlier values said): a list
+/// of equal numbers is one length (RFC 9110 §8.6). False when a member is not a number or
+/// disagrees with another: the message's length cannot be known.
+pub(crate) fn add_content_length(length: &mut Option<u64>, value: &[u8]) -> bool {
+    for part in value.split(|b| *b == b',') {
+        match decimal(part.trim_ascii()) {
+            Some(n) if length.is_none_or(|l| l == n) => *length = Some(n),
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Appends the line that opens a chunk of `len` (> 0) bytes: the size in hex, written
 /// without the formatting machinery.
 pub(crate) fn chunk_start(out: &mut Vec<u8>, len: usize) {

@@ -128,20 +128,14 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut coded = false;
-    let mut close = false;
-    let mut keep_alive_token = false;
+    let mut connection = crate::hop::ConnectionOptions::default();
     let mut expect_continue = false;
     for field in spans.fields(&head) {
         let (name, value) = field.map_err(|_| HeadError::Field)?;
         if name == header::CONTENT_LENGTH {
-            // A list of identical lengths is one length (RFC 9110 §8.6); anything else is
-            // refused.
-            for part in value.as_bytes().split(|&b| b == b',') {
-                let n = parse_length(part.trim_ascii()).ok_or(HeadError::ContentLength)?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(HeadError::ContentLength);
-                }
-                length = Some(n);
+            // A list of identical lengths is one length; anything else is refused.
+            if !crate::wire::add_content_length(&mut length, value.as_bytes()) {
+                return Err(HeadError::ContentLength);
             }
         } else if name == header::TRANSFER_ENCODING {
             coded = true;
@@ -158,11 +152,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
                 chunked = true;
             }
         } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            connection.note(value.as_bytes());
         } else if name == header::EXPECT {
             expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }
@@ -182,7 +172,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
         (false, Some(n)) if n > 0 => Framing::Length(n),
         _ => Framing::Empty,
     };
-    let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
+    let keep_alive = !connection.close && (version == Version::HTTP_11 || connection.keep_alive);
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
@@ -203,19 +193,6 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
 /// hold one (shared with the upstream client's response heads).
 pub fn may_end(buf: &[u8], seen: usize) -> bool {
     crate::wire::may_end(buf, seen)
-}
-
-/// A `Content-Length` value: digits only (no sign, no spaces), at most 19 of them so it
-/// fits a `u64`.
-fn parse_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(
-        digits
-            .iter()
-            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
-    )
 }
 
 #[cfg(test)]

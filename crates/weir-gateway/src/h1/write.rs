@@ -104,7 +104,8 @@ pub(crate) fn head(
     let mut dated = false;
     for (name, value) in headers {
         if framing_field(name) {
-            close |= name == header::CONNECTION && lists_close(value.as_bytes());
+            close |= name == header::CONNECTION
+                && crate::hop::ConnectionOptions::of(value.as_bytes()).close;
             continue;
         }
         if stamp.is_some_and(|s| s.replaces(name)) {
@@ -137,13 +138,6 @@ pub(crate) fn head(
     }
     out.extend_from_slice(b"\r\n");
     close
-}
-
-/// Whether a `Connection` value lists `close`.
-fn lists_close(value: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// The `Date` value, formatted once per second per thread.

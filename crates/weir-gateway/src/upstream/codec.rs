@@ -160,8 +160,8 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     keep_alive &= match version {
-        Version::HTTP_11 => !controls.close,
-        _ => controls.keep_alive,
+        Version::HTTP_11 => !controls.connection.close,
+        _ => controls.connection.keep_alive,
     };
     let mut response = http::Response::new(());
     *response.status_mut() = status;
@@ -182,10 +182,8 @@ struct Controls {
     transfer_encoding: Option<bool>,
     /// `Content-Length`: every value and list member seen so far.
     length: Length,
-    /// `Connection` lists `close`.
-    close: bool,
-    /// `Connection` lists `keep-alive`.
-    keep_alive: bool,
+    /// What `Connection` says of this connection.
+    connection: crate::hop::ConnectionOptions,
     /// `Connection` lists a field name other than `keep-alive`.
     lists_fields: bool,
 }
@@ -207,10 +205,7 @@ impl Controls {
     fn hop(&mut self, index: usize, value: &[u8]) {
         match index {
             crate::hop::CONNECTION_AT => {
-                for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                    self.close |= token.eq_ignore_ascii_case(b"close");
-                    self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-                }
+                self.connection.note(value);
                 self.lists_fields |= crate::hop::listed(value).next().is_some();
             }
             // A line with no coding leaves the last one as it was.
@@ -231,13 +226,16 @@ impl Controls {
 
     /// Notes a `Content-Length` value (a list of equal numbers is allowed).
     fn content_length(&mut self, value: &[u8]) {
-        for part in value.split(|b| *b == b',') {
-            self.length = match (self.length, parse_decimal(part.trim_ascii())) {
-                (Length::Invalid, _) | (_, None) => Length::Invalid,
-                (Length::Valid(l), Some(n)) if l != n => Length::Invalid,
-                (_, Some(n)) => Length::Valid(n),
-            };
-        }
+        let mut length = match self.length {
+            Length::Absent => None,
+            Length::Valid(n) => Some(n),
+            Length::Invalid => return,
+        };
+        self.length = if crate::wire::add_content_length(&mut length, value) {
+            length.map_or(Length::Absent, Length::Valid)
+        } else {
+            Length::Invalid
+        };
     }
 }
 
@@ -274,19 +272,6 @@ fn framing(
         Length::Valid(n) => Ok((Framing::Length(n), true)),
         Length::Absent => Ok((Framing::UntilClose, false)),
     }
-}
-
-/// `1*DIGIT` as a u64 (no sign, no spaces, no overflow).
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, b| {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-    })
 }
 
 /// How weir frames a request body it forwards.
@@ -522,7 +507,8 @@ mod tests {
     /// The framing rules read from a whole field map, as weir did before it read them
     /// while parsing: the reference model of the property test below.
     mod reference {
-        use super::super::{parse_decimal, Framing, ProtocolError};
+        use super::super::{Framing, ProtocolError};
+        use crate::wire::decimal as parse_decimal;
         use http::{header, HeaderMap, HeaderName, Method, StatusCode};
 
         pub fn framing(
