@@ -320,6 +320,14 @@ impl Ctx<'_> {
     }
 }
 
+/// The body a request declares: its `Content-Length` (if a valid one), and whether it has a
+/// `Transfer-Encoding`.
+#[derive(Debug, Clone, Copy)]
+struct Declared {
+    length: Option<u64>,
+    chunked: bool,
+}
+
 /// A response, or a refusal still to be rendered.
 type Step<T> = Result<T, Refusal>;
 
@@ -678,12 +686,15 @@ impl Gateway {
         accept_problem: bool,
     ) -> Step<Response<Body>> {
         let present = ctx.present;
-        ctx.body_unread = present.has(Field::TransferEncoding)
-            || present
+        // The body the request declares, read once for the whole pipeline.
+        let declared = Declared {
+            length: present
                 .get(&parts.headers, Field::ContentLength)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .is_some_and(|n| n > 0);
+                .and_then(|v| v.trim().parse::<u64>().ok()),
+            chunked: present.has(Field::TransferEncoding),
+        };
+        ctx.body_unread = declared.chunked || declared.length.is_some_and(|n| n > 0);
         let ip: IpAddr = client_ip(peer.ip(), &parts.headers, &rt.config.trusted_proxies);
         let ip_value = ip_value(ip);
         // Always text: an address's digits, dots and colons.
@@ -760,7 +771,7 @@ impl Gateway {
         }
 
         // 4. Cheap validation from headers, 5. the body.
-        let validated = self.validate(rt, route, &parts, present, body).await;
+        let validated = self.validate(rt, route, &parts, declared, body).await;
         let (body, cost) = match validated {
             Ok(v) => {
                 if matches!(v.0, ReqBody::Buffered(_)) {
@@ -866,7 +877,7 @@ impl Gateway {
         rt: &Runtime,
         route: &RouteConfig,
         parts: &http::request::Parts,
-        present: Present,
+        declared: Declared,
         body: &mut Option<Body>,
     ) -> Step<(ReqBody, u64)> {
         let too_large = || {
@@ -880,11 +891,7 @@ impl Gateway {
                 route.max_body
             ))
         };
-        let length: Option<u64> = present
-            .get(&parts.headers, Field::ContentLength)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok());
-        let chunked = present.has(Field::TransferEncoding);
+        let Declared { length, chunked } = declared;
         let has_body = length.is_some_and(|n| n > 0) || chunked;
         if chunked && length.is_none() && route.require_length {
             return Err(Refusal::code("REQUEST_LENGTH_REQUIRED")
