@@ -170,9 +170,15 @@ pub(crate) struct Stamp {
     request_id: HeaderValue,
     decision: Option<Decision>,
     view: Arc<View>,
+    answered_at: Instant,
 }
 
 impl Stamp {
+    /// When the response was ready (the clock reading that ended its latency).
+    pub(crate) fn answered_at(&self) -> Instant {
+        self.answered_at
+    }
+
     /// Puts the fields into `h`.
     pub(crate) fn apply(&self, h: &mut HeaderMap) {
         h.insert(names::X_REQUEST_ID, self.request_id.clone());
@@ -595,7 +601,8 @@ impl Gateway {
             .route
             .and_then(|i| rt.config.routes.get(i))
             .map_or(telemetry::NO_ROUTE, |r| r.name.as_str());
-        let elapsed = started.elapsed();
+        let answered_at = Instant::now();
+        let elapsed = answered_at.saturating_duration_since(started);
         rt.metrics
             .request(ctx.route, status, code, elapsed.as_secs_f64());
         tracing::info!(
@@ -621,6 +628,7 @@ impl Gateway {
             request_id: ctx.request_id,
             decision,
             view,
+            answered_at,
         };
         (resp, stamp)
     }
@@ -997,8 +1005,9 @@ impl Gateway {
             return Err(Refusal::code("SERVICE_UNAVAILABLE").retry_after(1));
         };
         let (base, breaker) = (&upstream.url, &upstream.breaker);
-        // One clock reading serves the breaker, the upstream latency and the deadline: the
-        // few microseconds of header work in between do not matter at these scales.
+        // One clock reading serves the breaker, the upstream latency, the deadline and the
+        // connection pool's idle times: the few microseconds of header work in between do
+        // not matter at these scales.
         let started = Instant::now();
         let probe = match breaker.admit(started) {
             Admission::Allowed { probe } => probe,
@@ -1081,7 +1090,7 @@ impl Gateway {
         // than that between two parts of the body.
         let sent = crate::deadline::within(
             (started + upstream.timeout).into(),
-            pool.send_rewritten(out, &rewrite, upstream.timeout),
+            pool.send_rewritten(out, &rewrite, upstream.timeout, started),
         )
         .await;
         let answered = Instant::now();
@@ -1541,6 +1550,7 @@ mod tests {
                 request_id: HeaderValue::from_static("req-1"),
                 decision,
                 view: gw.view(),
+                answered_at: Instant::now(),
             };
             const SENT: [&str; 8] = [
                 "x-request-id", "x-ratelimit-limit", "x-ratelimit-remaining",

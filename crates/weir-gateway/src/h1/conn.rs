@@ -69,8 +69,9 @@ impl Sender {
         }
     }
 
-    /// Writes all of `first` then all of `second`.
-    async fn write_all(&self, mut first: &[u8], mut second: &[u8]) -> std::io::Result<()> {
+    /// Writes all of `first` then all of `second`; `Ok(true)` if it had to wait for room.
+    async fn write_all(&self, mut first: &[u8], mut second: &[u8]) -> std::io::Result<bool> {
+        let mut waited = false;
         while !first.is_empty() || !second.is_empty() {
             let slices = [IoSlice::new(first), IoSlice::new(second)];
             match self.half.try_write_vectored(&slices) {
@@ -82,12 +83,13 @@ impl Sender {
                     second = &second[n..];
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    waited = true;
                     self.half.writable().await?;
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(waited)
     }
 }
 
@@ -132,12 +134,15 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, settings: Settings) {
     // One timer for the connection's life, moved only when it fires early (see
     // `read_head`), instead of re-armed for every request.
     let mut timer = pin!(tokio::time::sleep(header_timeout));
+    // When the connection became free for its next request: the head must be complete
+    // within `header_timeout` of it.
+    let mut free_since = Instant::now();
     loop {
         let Some(r) = reader.as_mut() else {
             return;
         };
-        let head = match read_head(r, timer.as_mut(), header_timeout, &drain, woken.as_mut()).await
-        {
+        let deadline = free_since + header_timeout;
+        let head = match read_head(r, timer.as_mut(), deadline, &drain, woken.as_mut()).await {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(Failed::Io(e)) => {
@@ -150,31 +155,19 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, settings: Settings) {
                 return;
             }
         };
-        let RequestHead {
-            parts,
-            framing,
-            keep_alive,
-            expect_continue,
-        } = head;
-        let (method, version) = (parts.method.clone(), parts.version);
         sender.responding.store(false, Ordering::Release);
         sender.continued.store(0, Ordering::Release);
-        let (body, back) = if framing == head::Framing::Empty {
-            (Body::empty(), None)
-        } else {
-            let (tx, rx) = oneshot::channel();
-            let Some(lent) = reader.take() else {
-                return;
-            };
-            let continue_to = expect_continue.then(|| sender.clone());
-            (
-                Body::new(RequestBody::new(lent, framing, tx, continue_to)),
-                Some(rx),
-            )
+        let Some(Incoming {
+            request,
+            method,
+            version,
+            keep_alive,
+            back,
+        }) = incoming(head, &mut reader, &sender)
+        else {
+            return;
         };
-        let (response, stamp) = gateway
-            .answer(http::Request::from_parts(parts, body), peer)
-            .await;
+        let (response, stamp) = gateway.answer(request, peer).await;
         sender.responding.store(true, Ordering::Release);
         // The reader comes back only if the body was read to its end.
         let mut reusable = keep_alive;
@@ -196,14 +189,71 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, settings: Settings) {
         )
         .await
         {
-            Ok(true) => {}
-            Ok(false) => return,
+            Ok(Sent {
+                reusable: true,
+                at_once,
+            }) => {
+                // Sent without waiting, the response left within the CPU time of writing
+                // it after it was answered: that moment serves, with no clock reading.
+                free_since = if at_once {
+                    Instant::from_std(stamp.answered_at())
+                } else {
+                    Instant::now()
+                };
+            }
+            Ok(_) => return,
             Err(e) => {
                 tracing::debug!(error = %e, "writing a response failed");
                 return;
             }
         }
     }
+}
+
+/// A request ready for the gateway, and what the connection keeps of its head.
+struct Incoming {
+    request: http::Request<Body>,
+    method: Method,
+    version: Version,
+    keep_alive: bool,
+    /// Where the reader comes back once a request body has been read to its end.
+    back: Option<oneshot::Receiver<Reader>>,
+}
+
+/// Makes `head` a request, lending it the reader if a body follows (`None`: no reader, a
+/// body before it was not read to its end). Not part of `serve`'s future: the head's
+/// parts, borrowed here, would otherwise keep their room in every connection's state
+/// while the request is answered.
+fn incoming(
+    head: RequestHead,
+    reader: &mut Option<Reader>,
+    sender: &Arc<Sender>,
+) -> Option<Incoming> {
+    let RequestHead {
+        parts,
+        framing,
+        keep_alive,
+        expect_continue,
+    } = head;
+    let (method, version) = (parts.method.clone(), parts.version);
+    let (body, back) = if framing == head::Framing::Empty {
+        (Body::empty(), None)
+    } else {
+        let (tx, rx) = oneshot::channel();
+        let lent = reader.take()?;
+        let continue_to = expect_continue.then(|| sender.clone());
+        (
+            Body::new(RequestBody::new(lent, framing, tx, continue_to)),
+            Some(rx),
+        )
+    };
+    Some(Incoming {
+        request: http::Request::from_parts(parts, body),
+        method,
+        version,
+        keep_alive,
+        back,
+    })
 }
 
 enum Failed {
@@ -216,11 +266,10 @@ enum Failed {
 async fn read_head(
     reader: &mut Reader,
     mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
-    timeout: Duration,
+    deadline: Instant,
     drain: &watch::Receiver<bool>,
     mut woken: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
 ) -> Result<Option<RequestHead>, Failed> {
-    let mut deadline: Option<Instant> = None;
     // How much of the buffer an earlier attempt found no whole head in: after the first
     // attempt, the head is parsed again only once the bytes since could end it, so a client
     // that sends its head a byte at a time costs linear work, not a parse per byte.
@@ -236,8 +285,6 @@ async fn read_head(
             }
             tried = Some(reader.buf.len());
         }
-        // The clock is read once per head that has to be waited for.
-        let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
         let idle = reader.buf.is_empty();
         if idle && drain.has_changed().unwrap_or(true) {
             return Ok(None);
@@ -268,7 +315,7 @@ async fn refuse(
     out: &mut Vec<u8>,
     gateway: &Gateway,
     e: HeadError,
-) -> std::io::Result<bool> {
+) -> std::io::Result<Sent> {
     let rt = gateway.runtime();
     let refusal = Refusal::code("REQUEST_MALFORMED")
         .status(e.status())
@@ -295,7 +342,15 @@ async fn refuse(
     .await
 }
 
-/// Writes a response; `Ok(true)` if the connection may carry another request.
+/// How a response went out.
+struct Sent {
+    /// The connection may carry another request.
+    reusable: bool,
+    /// Nothing waited: no body part was awaited and the socket always had room.
+    at_once: bool,
+}
+
+/// Writes a response.
 async fn respond_with(
     sender: &Sender,
     out: &mut Vec<u8>,
@@ -304,7 +359,7 @@ async fn respond_with(
     method: &Method,
     version: Version,
     mut close: bool,
-) -> std::io::Result<bool> {
+) -> std::io::Result<Sent> {
     let (parts, body) = response.into_parts();
     let framing = Framing::decide(
         method,
@@ -327,24 +382,32 @@ async fn respond_with(
     crate::wire::recycle(parts.headers);
     if let Framing::Bodiless(_) = framing {
         // Nothing to send: the body is not even polled.
-        sender.write_all(out, &[]).await?;
-        return Ok(!close);
+        let waited = sender.write_all(out, &[]).await?;
+        return Ok(Sent {
+            reusable: !close,
+            at_once: !waited,
+        });
     }
     let limit = framing.limit();
     let mut body = pin!(body);
     let mut sent: u64 = 0;
+    let mut waited = false;
     let complete = loop {
         let step = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
             Poll::Ready(frame) => Poll::Ready(Some(frame)),
             // Nothing more yet: what is buffered goes out first.
             Poll::Pending if !out.is_empty() => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                waited = true;
+                Poll::Pending
+            }
         })
         .await;
         let frame = match step {
             None => {
                 sender.write_all(out, &[]).await?;
                 out.clear();
+                waited = true;
                 continue;
             }
             Some(None) => break true,
@@ -367,12 +430,12 @@ async fn respond_with(
                 // closes.
                 data.truncate(usize::try_from(room).unwrap_or(usize::MAX));
                 sent = limit;
-                push(sender, out, framing, data).await?;
+                waited |= push(sender, out, framing, data).await?;
                 break false;
             }
         }
         sent += data.len() as u64;
-        push(sender, out, framing, data).await?;
+        waited |= push(sender, out, framing, data).await?;
     };
     if complete && framing == Framing::Chunked {
         out.extend_from_slice(crate::wire::LAST_CHUNK);
@@ -380,33 +443,38 @@ async fn respond_with(
     // A body that ended short of its announced length cannot be completed: the client
     // learns it from the closed connection.
     let whole = complete && framing.limit().is_none_or(|l| l == sent);
-    sender.write_all(out, &[]).await?;
+    waited |= sender.write_all(out, &[]).await?;
     out.clear();
-    Ok(whole && !close && framing != Framing::UntilClose)
+    Ok(Sent {
+        reusable: whole && !close && framing != Framing::UntilClose,
+        at_once: !waited,
+    })
 }
 
-/// Queues (or, if large, writes) one piece of body in the response's framing.
+/// Queues (or, if large, writes) one piece of body in the response's framing; `Ok(true)`
+/// if a write had to wait for room.
 async fn push(
     sender: &Sender,
     out: &mut Vec<u8>,
     framing: Framing,
     data: Bytes,
-) -> std::io::Result<()> {
+) -> std::io::Result<bool> {
+    let mut waited = false;
     if framing == Framing::Chunked {
         crate::wire::chunk_start(out, data.len());
     }
     if data.len() <= COPY_MAX {
         out.extend_from_slice(&data);
     } else {
-        sender.write_all(out, data.chunk()).await?;
+        waited |= sender.write_all(out, data.chunk()).await?;
         out.clear();
     }
     if framing == Framing::Chunked {
         out.extend_from_slice(crate::wire::CHUNK_END);
     }
     if out.len() >= FLUSH_AT {
-        sender.write_all(out, &[]).await?;
+        waited |= sender.write_all(out, &[]).await?;
         out.clear();
     }
-    Ok(())
+    Ok(waited)
 }

@@ -50,7 +50,7 @@ impl UpstreamBody {
     fn finish(&mut self) {
         self.left = Remaining::Done;
         if let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) {
-            home.put_back(conn);
+            home.put_back(conn, std::time::Instant::now());
         }
     }
 

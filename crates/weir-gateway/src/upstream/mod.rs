@@ -166,14 +166,17 @@ impl Home {
     /// Shelves `conn` for the next request, dropping expired connections from the front;
     /// a connection holding bytes nobody asked for (the upstream sent more than its
     /// response) is closed instead.
-    fn put_back(&self, conn: Conn) {
+    ///
+    /// `now` may be any instant since the response began: an earlier one only makes the
+    /// connection expire sooner, never later than the upstream's own idle timeout, which
+    /// starts when the upstream answered.
+    fn put_back(&self, conn: Conn, now: Instant) {
         if !conn.read.is_empty() {
             return;
         }
         let Some(shelves) = self.shelves.upgrade() else {
             return;
         };
-        let now = Instant::now();
         let mut shelves = shelves.lock();
         let i = match shelves.iter().position(|(a, _)| *a == self.authority) {
             Some(i) => i,
@@ -243,7 +246,7 @@ impl UpstreamPool {
         &self,
         req: Request<Body>,
     ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + '_ {
-        self.send_inner(req, &Rewrite::NONE, None)
+        self.send_inner(req, &Rewrite::NONE, None, Instant::now())
     }
 
     /// As [`send`](Self::send), and the body ends with [`BodyError::Stalled`] (closing the
@@ -253,11 +256,12 @@ impl UpstreamPool {
         req: Request<Body>,
         body_stall: Duration,
     ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + '_ {
-        self.send_inner(req, &Rewrite::NONE, Some(body_stall))
+        self.send_inner(req, &Rewrite::NONE, Some(body_stall), Instant::now())
     }
 
     /// As [`send_bounded`](Self::send_bounded), with `rewrite` applied to the request's
-    /// fields as they are written.
+    /// fields as they are written. `now` is a clock reading the caller took as the exchange
+    /// began: the pool judges idle connections by it instead of reading the clock again.
     // Not `async` itself: the wrappers return `send_inner`'s future as it is, so a request
     // does not pay for copying one future into another (futures are moved by value).
     pub fn send_rewritten<'a>(
@@ -265,8 +269,9 @@ impl UpstreamPool {
         req: Request<Body>,
         rewrite: &'a Rewrite<'a>,
         body_stall: Duration,
+        now: Instant,
     ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + 'a {
-        self.send_inner(req, rewrite, Some(body_stall))
+        self.send_inner(req, rewrite, Some(body_stall), now)
     }
 
     async fn send_inner(
@@ -274,6 +279,7 @@ impl UpstreamPool {
         req: Request<Body>,
         rewrite: &Rewrite<'_>,
         stall: Option<Duration>,
+        now: Instant,
     ) -> Result<Response<Body>, UpstreamError> {
         let (mut parts, body) = req.into_parts();
         let authority = match (parts.uri.scheme(), parts.uri.authority()) {
@@ -292,7 +298,7 @@ impl UpstreamPool {
                 .exact()
                 .map_or(RequestFraming::Chunked, RequestFraming::Length)
         };
-        let mut conn = match self.checkout(&authority) {
+        let mut conn = match self.checkout(&authority, now) {
             Some(conn) => conn,
             // Boxed, as is a body to stream: neither is on the common path, and the
             // request's future stays small without them.
@@ -353,7 +359,7 @@ impl UpstreamPool {
         let body = match head.framing {
             Framing::Empty => {
                 if head.keep_alive {
-                    home.put_back(conn);
+                    home.put_back(conn, now);
                 }
                 Body::empty()
             }
@@ -361,7 +367,7 @@ impl UpstreamPool {
                 // The whole body came with the head: one buffer, the connection free now.
                 let whole: Bytes = conn.read.split_to(n as usize).freeze();
                 if head.keep_alive {
-                    home.put_back(conn);
+                    home.put_back(conn, now);
                 }
                 Body::from(whole)
             }
@@ -386,11 +392,11 @@ impl UpstreamPool {
             .count()
     }
 
-    /// The most recently returned live connection to `authority`, if any.
-    fn checkout(&self, authority: &Authority) -> Option<Conn> {
+    /// The most recently returned live connection to `authority`, if any, judged idle at
+    /// `now`.
+    fn checkout(&self, authority: &Authority, now: Instant) -> Option<Conn> {
         let mut shelves = self.idle.lock();
         let shelf = &mut shelves.iter_mut().find(|(a, _)| a == authority)?.1;
-        let now = Instant::now();
         while let Some(idle) = shelf.pop_back() {
             if now.duration_since(idle.since) < self.idle_timeout && idle.conn.is_quiet() {
                 return Some(idle.conn);

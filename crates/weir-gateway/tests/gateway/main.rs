@@ -1236,6 +1236,62 @@ mod operations {
     }
 
     #[tokio::test]
+    async fn the_header_timeout_starts_once_a_slowly_read_response_is_sent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let extra = format!(
+            "{ECHO}\n[[routes]]\nname = \"bytes\"\nprefix = \"/v1/bytes\"\nupstream = \"demo\"\nauth = false\n"
+        );
+        let text = with_server(
+            &config(&extra, &temp_db("o6b")),
+            "header_read_timeout = \"300ms\"",
+        );
+        let gw = start(&text).await;
+        let mut conn = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        // 32 MiB, more than the sockets between here and the gateway hold: the gateway
+        // waits to write until this client reads, which it starts to do only after longer
+        // than the header timeout.
+        conn.write_all(b"GET /v1/bytes?n=33554432 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            while !(got.len() > 33_554_432 && got.ends_with(b"\r\n0\r\n\r\n")) {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "the response arrived");
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            &got[..got.len().min(200)]
+        );
+        assert!(got.ends_with(b"\r\n0\r\n\r\n"), "the whole body arrived");
+        // The next request comes at once: the connection is still open for it, since the
+        // header timeout runs from when the response was sent, not from when it was ready.
+        conn.write_all(
+            b"GET /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let next = read_until(&mut conn, |got| got.windows(4).any(|w| w == b"\r\n\r\n"))
+            .await
+            .expect("answered within 5 s");
+        assert!(
+            next.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&next)
+        );
+    }
+
+    #[tokio::test]
     async fn a_buffered_body_that_stalls_gets_408() {
         use tokio::io::AsyncWriteExt;
         let text = with_server(
