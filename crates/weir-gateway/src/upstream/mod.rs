@@ -163,38 +163,48 @@ struct Home {
 }
 
 impl Home {
-    /// Shelves `conn` for the next request, dropping expired connections from the front;
-    /// a connection holding bytes nobody asked for (the upstream sent more than its
-    /// response) is closed instead.
-    ///
-    /// `now` may be any instant since the response began: an earlier one only makes the
-    /// connection expire sooner, never later than the upstream's own idle timeout, which
-    /// starts when the upstream answered.
+    /// Shelves `conn` (see [`shelve`]) if the pool still exists.
     fn put_back(&self, conn: Conn, now: Instant) {
-        if !conn.read.is_empty() {
-            return;
+        if let Some(shelves) = self.shelves.upgrade() {
+            shelve(&shelves, &self.authority, self.idle_timeout, conn, now);
         }
-        let Some(shelves) = self.shelves.upgrade() else {
-            return;
-        };
-        let mut shelves = shelves.lock();
-        let i = match shelves.iter().position(|(a, _)| *a == self.authority) {
-            Some(i) => i,
-            None => {
-                shelves.push((self.authority.clone(), VecDeque::new()));
-                shelves.len() - 1
-            }
-        };
-        let shelf = &mut shelves[i].1;
-        while shelf
-            .front()
-            .is_some_and(|i| now.duration_since(i.since) >= self.idle_timeout)
-        {
-            shelf.pop_front();
+    }
+}
+
+/// Shelves `conn` for the next request to `authority`, dropping expired connections from
+/// the front; a connection holding bytes nobody asked for (the upstream sent more than its
+/// response) is closed instead.
+///
+/// `now` may be any instant since the response began: an earlier one only makes the
+/// connection expire sooner, never later than the upstream's own idle timeout, which starts
+/// when the upstream answered.
+fn shelve(
+    shelves: &Shelves,
+    authority: &Authority,
+    idle_timeout: Duration,
+    conn: Conn,
+    now: Instant,
+) {
+    if !conn.read.is_empty() {
+        return;
+    }
+    let mut shelves = shelves.lock();
+    let i = match shelves.iter().position(|(a, _)| a == authority) {
+        Some(i) => i,
+        None => {
+            shelves.push((authority.clone(), VecDeque::new()));
+            shelves.len() - 1
         }
-        if shelf.len() < MAX_IDLE {
-            shelf.push_back(Idle { conn, since: now });
-        }
+    };
+    let shelf = &mut shelves[i].1;
+    while shelf
+        .front()
+        .is_some_and(|i| now.duration_since(i.since) >= idle_timeout)
+    {
+        shelf.pop_front();
+    }
+    if shelf.len() < MAX_IDLE {
+        shelf.push_back(Idle { conn, since: now });
     }
 }
 
@@ -282,8 +292,9 @@ impl UpstreamPool {
         now: Instant,
     ) -> Result<Response<Body>, UpstreamError> {
         let (mut parts, body) = req.into_parts();
+        // Borrowed: a pooled exchange whose response comes whole needs no copy of it.
         let authority = match (parts.uri.scheme(), parts.uri.authority()) {
-            (Some(s), Some(a)) if *s == Scheme::HTTP => a.clone(),
+            (Some(s), Some(a)) if *s == Scheme::HTTP => a,
             _ => return Err(UpstreamError::Unsupported(parts.uri.to_string())),
         };
         // HTTP/1.1 to an origin: origin-form target and a Host field.
@@ -298,11 +309,11 @@ impl UpstreamPool {
                 .exact()
                 .map_or(RequestFraming::Chunked, RequestFraming::Length)
         };
-        let mut conn = match self.checkout(&authority, now) {
+        let mut conn = match self.checkout(authority, now) {
             Some(conn) => conn,
             // Boxed, as is a body to stream: neither is on the common path, and the
             // request's future stays small without them.
-            None => Box::pin(connect(&authority)).await?,
+            None => Box::pin(connect(authority)).await?,
         };
         conn.write.clear();
         codec::write_request_head(
@@ -350,16 +361,12 @@ impl UpstreamPool {
                 Err(e) => return Err(UpstreamError::Read(e)),
             }
         };
-        let home = Home {
-            shelves: Arc::downgrade(&self.idle),
-            authority,
-            idle_timeout: self.idle_timeout,
-        };
-        let (parts, ()) = head.response.into_parts();
+        let (response, ()) = head.response.into_parts();
+        let shelve_now = |conn| shelve(&self.idle, authority, self.idle_timeout, conn, now);
         let body = match head.framing {
             Framing::Empty => {
                 if head.keep_alive {
-                    home.put_back(conn, now);
+                    shelve_now(conn);
                 }
                 Body::empty()
             }
@@ -367,18 +374,24 @@ impl UpstreamPool {
                 // The whole body came with the head: one buffer, the connection free now.
                 let whole: Bytes = conn.read.split_to(n as usize).freeze();
                 if head.keep_alive {
-                    home.put_back(conn, now);
+                    shelve_now(conn);
                 }
                 Body::from(whole)
             }
+            // The body is still to come: the connection goes home when it ends, if the pool
+            // is still there then.
             framing => Body::new(UpstreamBody::new(
                 conn,
                 framing,
-                head.keep_alive.then_some(home),
+                head.keep_alive.then(|| Home {
+                    shelves: Arc::downgrade(&self.idle),
+                    authority: authority.clone(),
+                    idle_timeout: self.idle_timeout,
+                }),
                 stall,
             )),
         };
-        Ok(Response::from_parts(parts, body))
+        Ok(Response::from_parts(response, body))
     }
 
     /// Idle connections to `authority` that are still open.
