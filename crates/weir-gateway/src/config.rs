@@ -5,7 +5,7 @@
 //! `docs/configuration.md` documents every key with its default.
 
 use crate::balance::BalanceMode;
-use crate::identity::{ApiKey, KeyHash};
+use crate::identity::{ApiKey, IdentityHeaders, KeyHash};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -34,6 +34,68 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
         path: path.into(),
         message: message.into(),
     }
+}
+
+/// Fields an identity field may not be named after: those weir writes or strips itself
+/// on the way upstream (credentials, `Host`, the request id, the trace, `X-Forwarded-*`),
+/// the framing and hop-by-hop fields, and `Idempotency-Key` (the upstream needs the
+/// client's). Renaming an identity field onto one of these would silently drop or
+/// overwrite what the upstream relies on.
+const RESERVED_FIELDS: [&str; 18] = [
+    "host",
+    "authorization",
+    "x-api-key",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "forwarded",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "idempotency-key",
+];
+
+/// Checks `[server.identity_headers]`.
+fn identity_headers(raw: &RawIdentityHeaders) -> Result<IdentityHeaders, ConfigError> {
+    let mut seen: Vec<(http::HeaderName, &str)> = Vec::new();
+    let mut name = |key: &'static str,
+                    value: &str|
+     -> Result<Option<http::HeaderName>, ConfigError> {
+        let path = format!("server.identity_headers.{key}");
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let n = http::HeaderName::from_bytes(value.as_bytes()).map_err(|_| {
+            err(&path, format!("{value:?} is not a header field name (letters, digits and !#$%&'*+-.^_`|~ only)"))
+        })?;
+        if RESERVED_FIELDS.contains(&n.as_str()) {
+            return Err(err(
+                &path,
+                format!("{value:?} is a field weir manages itself on the way upstream; choose another name, or \"\" to leave it out"),
+            ));
+        }
+        if let Some((_, other)) = seen.iter().find(|(m, _)| *m == n) {
+            return Err(err(
+                &path,
+                format!("{value:?} is also server.identity_headers.{other}; each part needs its own field"),
+            ));
+        }
+        seen.push((n.clone(), key));
+        Ok(Some(n))
+    };
+    Ok(IdentityHeaders::new(
+        name("key_id", &raw.key_id)?,
+        name("user", &raw.user)?,
+        name("organisation", &raw.organisation)?,
+        name("plan", &raw.plan)?,
+    ))
 }
 
 // ---------------------------------------------------------------- raw (close to TOML)
@@ -83,6 +145,47 @@ struct RawServer {
     header_read_timeout: String,
     #[serde(default = "default_body_timeout")]
     body_read_timeout: String,
+    #[serde(default)]
+    identity_headers: RawIdentityHeaders,
+}
+
+/// `[server.identity_headers]`: the field names that carry a caller's identity upstream;
+/// `""` leaves one out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentityHeaders {
+    #[serde(default = "default_key_id_header")]
+    key_id: String,
+    #[serde(default = "default_user_header")]
+    user: String,
+    #[serde(default = "default_organisation_header")]
+    organisation: String,
+    #[serde(default = "default_plan_header")]
+    plan: String,
+}
+
+impl Default for RawIdentityHeaders {
+    fn default() -> Self {
+        RawIdentityHeaders {
+            key_id: default_key_id_header(),
+            user: default_user_header(),
+            organisation: default_organisation_header(),
+            plan: default_plan_header(),
+        }
+    }
+}
+
+fn default_key_id_header() -> String {
+    "X-Weir-Key-Id".into()
+}
+fn default_user_header() -> String {
+    "X-Weir-User".into()
+}
+fn default_organisation_header() -> String {
+    "X-Weir-Organisation".into()
+}
+fn default_plan_header() -> String {
+    "X-Weir-Plan".into()
 }
 
 impl Default for RawServer {
@@ -99,6 +202,7 @@ impl Default for RawServer {
             connection_balance: default_balance(),
             header_read_timeout: default_header_timeout(),
             body_read_timeout: default_body_timeout(),
+            identity_headers: RawIdentityHeaders::default(),
         }
     }
 }
@@ -486,6 +590,8 @@ pub struct Config {
     /// The longest pause between two reads of a request body the gateway buffers; then
     /// the request gets 408 `REQUEST_TIMEOUT`.
     pub body_read_timeout: Duration,
+    /// The names of the fields that tell the upstream who is calling.
+    pub identity_headers: IdentityHeaders,
     /// Store.
     pub store: StoreConfig,
     /// Idempotency.
@@ -902,6 +1008,7 @@ impl Config {
         let mut ids: std::collections::HashSet<&str> = std::collections::HashSet::new();
         let mut secrets: std::collections::HashMap<KeyHash, usize> =
             std::collections::HashMap::new();
+        let identity_names = identity_headers(&s.identity_headers)?;
         for (i, k) in raw.keys.iter().enumerate() {
             let p = format!("keys[{i}]");
             let hash = match (&k.key, &k.hash) {
@@ -948,6 +1055,7 @@ impl Config {
                 scopes: k.scopes.clone(),
                 expires,
                 upstream_headers: ApiKey::identity_headers(
+                    &identity_names,
                     &k.id,
                     &k.user,
                     &k.organisation,
@@ -975,6 +1083,7 @@ impl Config {
             })?,
             header_read_timeout: nonzero("server.header_read_timeout", &s.header_read_timeout)?,
             body_read_timeout: nonzero("server.body_read_timeout", &s.body_read_timeout)?,
+            identity_headers: identity_names,
             store,
             idempotency,
             upstreams,

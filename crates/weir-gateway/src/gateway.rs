@@ -1074,6 +1074,7 @@ impl Gateway {
             } else {
                 replaced_or_tracestate
             },
+            strip: rt.config.identity_headers.strip(),
             add: [key.map_or(&[][..], |k| &k.upstream_headers[..]), &added[..]],
         };
         parts.uri = uri;

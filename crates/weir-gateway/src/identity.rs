@@ -99,34 +99,93 @@ pub struct ApiKey {
     pub scopes: Vec<String>,
     /// When it stops working.
     pub expires: Option<SystemTime>,
-    /// What the upstream is told of this identity (`X-Weir-Key-Id`, `-User`,
+    /// What the upstream is told of this identity (by default `X-Weir-Key-Id`, `-User`,
     /// `-Organisation`, `-Plan`), built once at load (see [`ApiKey::identity_headers`]).
     pub upstream_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl ApiKey {
-    /// The `X-Weir-*` headers for an identity; a value that cannot be a header is left
-    /// out.
+    /// The fields that tell the upstream who is calling, named as `names` says; a field
+    /// `names` leaves out, or a value that cannot be a field value, is not sent.
     pub fn identity_headers(
+        names: &IdentityHeaders,
         id: &str,
         user: &str,
         organisation: &str,
         plan: &str,
     ) -> Vec<(http::HeaderName, http::HeaderValue)> {
         [
-            ("x-weir-key-id", id),
-            ("x-weir-user", user),
-            ("x-weir-organisation", organisation),
-            ("x-weir-plan", plan),
+            (&names.key_id, id),
+            (&names.user, user),
+            (&names.organisation, organisation),
+            (&names.plan, plan),
         ]
         .into_iter()
-        .filter_map(|(n, v)| {
-            Some((
-                http::HeaderName::from_static(n),
-                http::HeaderValue::from_str(v).ok()?,
-            ))
-        })
+        .filter_map(|(n, v)| Some((n.clone()?, http::HeaderValue::from_str(v).ok()?)))
         .collect()
+    }
+}
+
+/// The names of the fields that carry a caller's identity upstream (`server.identity_headers`);
+/// `None` leaves that part out.
+///
+/// Only weir may speak for the caller, so a client's own field of any of these names is
+/// never forwarded, nor one starting with `x-weir-` (the default names' prefix, stripped
+/// whatever the configuration, so that renaming a field cannot reopen a hole for
+/// upstreams that still read the old name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    /// The key's id (default `X-Weir-Key-Id`).
+    pub key_id: Option<http::HeaderName>,
+    /// The user (default `X-Weir-User`).
+    pub user: Option<http::HeaderName>,
+    /// The organisation (default `X-Weir-Organisation`).
+    pub organisation: Option<http::HeaderName>,
+    /// The plan (default `X-Weir-Plan`).
+    pub plan: Option<http::HeaderName>,
+    /// The configured names outside `x-weir-*`: the client's fields of these names are
+    /// dropped on the way upstream (empty with the defaults, which costs nothing).
+    strip: Vec<http::HeaderName>,
+}
+
+impl IdentityHeaders {
+    /// The names given (`None`: that part is not sent).
+    pub fn new(
+        key_id: Option<http::HeaderName>,
+        user: Option<http::HeaderName>,
+        organisation: Option<http::HeaderName>,
+        plan: Option<http::HeaderName>,
+    ) -> IdentityHeaders {
+        let strip = [&key_id, &user, &organisation, &plan]
+            .into_iter()
+            .flatten()
+            .filter(|n| !n.as_str().starts_with("x-weir-"))
+            .cloned()
+            .collect();
+        IdentityHeaders {
+            key_id,
+            user,
+            organisation,
+            plan,
+            strip,
+        }
+    }
+
+    /// Client fields that must not reach the upstream because weir writes fields of that
+    /// name (beyond `x-weir-*`, which never do).
+    pub fn strip(&self) -> &[http::HeaderName] {
+        &self.strip
+    }
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        IdentityHeaders::new(
+            Some(http::HeaderName::from_static("x-weir-key-id")),
+            Some(http::HeaderName::from_static("x-weir-user")),
+            Some(http::HeaderName::from_static("x-weir-organisation")),
+            Some(http::HeaderName::from_static("x-weir-plan")),
+        )
     }
 }
 
@@ -248,7 +307,13 @@ mod tests {
             plan: "free".into(),
             scopes: vec![],
             expires,
-            upstream_headers: ApiKey::identity_headers(id, "u", "o", "free"),
+            upstream_headers: ApiKey::identity_headers(
+                &IdentityHeaders::default(),
+                id,
+                "u",
+                "o",
+                "free",
+            ),
         }
     }
 

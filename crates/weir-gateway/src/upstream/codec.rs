@@ -292,6 +292,8 @@ pub enum RequestFraming {
 pub struct Rewrite<'a> {
     /// The client's fields that are not forwarded (replaced below, or private).
     pub skip: fn(&HeaderName) -> bool,
+    /// More client fields that are not forwarded, named by configuration (usually none).
+    pub strip: &'a [HeaderName],
     /// Fields written after the client's, in order.
     pub add: [&'a [(HeaderName, HeaderValue)]; 2],
 }
@@ -300,6 +302,7 @@ impl Rewrite<'_> {
     /// Forward every field as it is.
     pub const NONE: Rewrite<'static> = Rewrite {
         skip: |_| false,
+        strip: &[],
         add: [&[], &[]],
     };
 }
@@ -341,6 +344,7 @@ pub fn write_request_head(
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
             || (rewrite.skip)(name)
+            || rewrite.strip.contains(name)
         {
             continue;
         }
@@ -797,6 +801,7 @@ mod tests {
         )];
         let rewrite = Rewrite {
             skip: |n| n == header::HOST || n.as_str() == "x-request-id",
+            strip: &[],
             add: [&first, &second],
         };
         assert_eq!(
@@ -910,7 +915,7 @@ mod tests {
                 (
                     proptest::sample::select(vec![
                         "host", "content-length", "transfer-encoding", "x-skip-a", "x-skip-b",
-                        "x-keep", "accept", "x-added",
+                        "x-keep", "accept", "x-added", "x-strip",
                     ]),
                     "[a-z0-9 ,=;]{0,12}",
                 ),
@@ -929,6 +934,7 @@ mod tests {
                 .collect();
             let rewrite = Rewrite {
                 skip: |n| *n == header::HOST || n.as_str().starts_with("x-skip-") || n.as_str() == "x-added",
+                strip: &[HeaderName::from_static("x-strip")],
                 add: [&adds, &[]],
             };
             let framing = length.map_or(RequestFraming::Chunked, RequestFraming::Length);
@@ -947,7 +953,7 @@ mod tests {
             let mut want: Vec<(String, String)> = vec![("host".into(), "up:1".into())];
             for (n, v) in headers.iter() {
                 let n = n.as_str();
-                if n == "host" || n.starts_with("x-skip-") || n == "x-added"
+                if n == "host" || n.starts_with("x-skip-") || n == "x-added" || n == "x-strip"
                     || n == "content-length" || n == "transfer-encoding"
                 {
                     continue;

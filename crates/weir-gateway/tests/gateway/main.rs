@@ -157,6 +157,53 @@ mod proxy {
         );
     }
 
+    #[tokio::test]
+    async fn identity_fields_take_the_configured_names_and_cannot_be_spoofed() {
+        let (up, mut heads) = recording_upstream().await;
+        let route = format!(
+            "[upstreams.raw]\nurl = \"http://{up}\"\n[[routes]]\nname = \"raw\"\nprefix = \"/v1/raw\"\nupstream = \"raw\"\n\
+             [server.identity_headers]\nkey_id = \"\"\nuser = \"X-User-Id\"\norganisation = \"X-Org\"\nplan = \"\"\n"
+        );
+        let gw = start(&config(&route, &temp_db("p0-names"))).await;
+        let resp = client()
+            .get(gw.url("/v1/raw"))
+            .header("authorization", "Bearer free-secret")
+            // A caller posing as someone else, under the new names and the old ones.
+            .header("x-user-id", "u-pro")
+            .header("X-Org", "org-pro")
+            .header("x-weir-plan", "max")
+            .header("x-weir-user", "u-max")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let fields = heads.recv().await.expect("a request");
+        let named = |n: &str| values(&fields, n);
+        assert_eq!(named("x-user-id"), ["u-free"], "{fields:?}");
+        assert_eq!(named("x-org"), ["org-free"], "{fields:?}");
+        assert!(
+            fields.iter().all(|f| !f.starts_with("x-weir-")),
+            "parts left out are not sent, and no client x-weir-* field passes: {fields:?}"
+        );
+        assert_eq!(named("x-request-id").len(), 1, "the rest as usual");
+
+        // Names weir manages, repeated names and non-names are refused before listening,
+        // naming the key.
+        for (table, path) in [
+            ("user = \"X-Request-Id\"", "server.identity_headers.user"),
+            ("plan = \"Idempotency-Key\"", "server.identity_headers.plan"),
+            (
+                "user = \"X-Who\"\norganisation = \"x-who\"",
+                "server.identity_headers.organisation",
+            ),
+            ("key_id = \"bad name\"", "server.identity_headers.key_id"),
+        ] {
+            let text = config(&format!("[server.identity_headers]\n{table}\n"), "unused");
+            let e = weir_gateway::Config::parse(&text).expect_err(table);
+            assert_eq!(e.path, path, "{e}");
+        }
+    }
+
     /// The values of the field `name` among `fields` (`name: value` lines, lower case).
     fn values<'f>(fields: &'f [String], name: &str) -> Vec<&'f str> {
         fields
