@@ -855,7 +855,7 @@ impl Gateway {
         // Not boxed: measured, a box here (one allocation and a copy per request) cost
         // about what the smaller enclosing futures saved.
         let result = self
-            .forward(rt, ctx, route, key, parts, body, peer_value)
+            .forward(rt, ctx, route, key, parts, body, peer_value, peer.ip())
             .await;
         let resp = match (result, &idem) {
             (Ok(resp), Some((scope, fp))) => {
@@ -997,6 +997,7 @@ impl Gateway {
         mut parts: http::request::Parts,
         body: ReqBody,
         peer: HeaderValue,
+        peer_ip: IpAddr,
     ) -> Step<Response<Body>> {
         let index = ctx
             .route
@@ -1066,7 +1067,10 @@ impl Gateway {
         if let Some(v) = xff {
             added.push((names::X_FORWARDED_FOR, v));
         }
-        added.push((names::X_FORWARDED_PROTO, HeaderValue::from_static("http")));
+        added.push((
+            names::X_FORWARDED_PROTO,
+            forwarded_proto(h, peer_ip, &rt.config.trusted_proxies),
+        ));
         let rewrite = Rewrite {
             // `tracestate` belongs to the caller's trace: it goes on only with that trace.
             skip: if incoming.is_some() {
@@ -1176,6 +1180,27 @@ impl Gateway {
                 tracing::warn!(error = %e, "idempotency store");
             }
         }
+    }
+}
+
+/// The `X-Forwarded-Proto` for the upstream: the scheme a trusted proxy in front says the
+/// client used (a TLS-terminating load balancer says `https`, and the upstream builds its
+/// links with it), otherwise weir's own, `http`. An untrusted peer's claim is replaced,
+/// as its `X-Forwarded-For` is not believed. Of a list, the first (the client-facing hop)
+/// counts; anything but `http` or `https` is not believed.
+fn forwarded_proto(h: &http::HeaderMap, peer: IpAddr, trusted: &[ipnet::IpNet]) -> HeaderValue {
+    const HTTP: HeaderValue = HeaderValue::from_static("http");
+    const HTTPS: HeaderValue = HeaderValue::from_static("https");
+    if trusted.is_empty() || !trusted.iter().any(|n| n.contains(&peer)) {
+        return HTTP;
+    }
+    let first = h
+        .get(&names::X_FORWARDED_PROTO)
+        .and_then(|v| v.as_bytes().split(|b| *b == b',').next())
+        .map(<[u8]>::trim_ascii);
+    match first {
+        Some(p) if p.eq_ignore_ascii_case(b"https") => HTTPS,
+        _ => HTTP,
     }
 }
 

@@ -204,6 +204,45 @@ mod proxy {
         }
     }
 
+    #[tokio::test]
+    async fn the_scheme_comes_from_a_trusted_proxy_only() {
+        let (up, mut heads) = recording_upstream().await;
+        let route = format!(
+            "[upstreams.raw]\nurl = \"http://{up}\"\n[[routes]]\nname = \"raw\"\nprefix = \"/v1/raw\"\nupstream = \"raw\"\n"
+        );
+        let text = config(&route, &temp_db("p0-proto"));
+        let trusting = text.replacen(
+            "[server]\n",
+            "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+            1,
+        );
+        assert_ne!(text, trusting);
+        // Behind a TLS-terminating proxy weir trusts, the upstream learns the client used
+        // https; from anyone else the claim is replaced with weir's own scheme.
+        for (toml, sent, want) in [
+            (&trusting, "https", "https"),
+            (&trusting, "HTTPS, http", "https"),
+            (&trusting, "gopher", "http"),
+            (&text, "https", "http"),
+        ] {
+            let gw = start(toml).await;
+            let resp = client()
+                .get(gw.url("/v1/raw"))
+                .header("authorization", "Bearer free-secret")
+                .header("x-forwarded-proto", sent)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(resp.status(), StatusCode::OK);
+            let fields = heads.recv().await.expect("a request");
+            assert_eq!(
+                values(&fields, "x-forwarded-proto"),
+                [want],
+                "{sent}: {fields:?}"
+            );
+        }
+    }
+
     /// The values of the field `name` among `fields` (`name: value` lines, lower case).
     fn values<'f>(fields: &'f [String], name: &str) -> Vec<&'f str> {
         fields
