@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Load benchmark for `weir serve` (issue 5), in one run on one machine:
 #   (1) the upstream directly, (2) weir -> upstream with limits and every header on,
-#   (3) nginx with limit_req -> the same upstream.
+#   (3) nginx with limit_req -> the same upstream, and, for reference,
+#   (4) weir as in (2) but telling the upstream nothing of the caller's identity
+#       (`[server.identity_headers]` all ""): what the four identity fields cost the upstream.
+# The goal (issue 5) is judged on (2), weir's defaults.
 # The upstream is nginx returning a small JSON body. Needs: nginx, wrk (Debian packages
 # nginx-light or nginx, and wrk). Usage: bench/gateway-load.sh [seconds] [connections] [rounds]
-# Each round measures the three setups back to back; the table shows every round and the
+# Each round measures the four setups back to back; the table shows every round and the
 # medians, and the ratio is of the medians (one round on a small shared machine is noisy).
 # Beside throughput, each row has the CPU time (user + system, from /proc) spent per request
 # by the proxy, by the upstream and by the whole machine: it explains the throughput, and
@@ -21,6 +24,7 @@ WORK="$(mktemp -d)"
 trap 'kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null || true; pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); NG=$(free_port); WEIR=$(free_port); ADMIN=$(free_port)
+LEAN=$(free_port); LEAN_ADMIN=$(free_port)
 
 mkdir -p "$WORK/up" "$WORK/ng"
 cat > "$WORK/up/nginx.conf" <<CONF
@@ -73,10 +77,14 @@ user = "bench-user"
 organisation = "bench-org"
 plan = "bench"
 CONF
+sed -e "s/127.0.0.1:$WEIR\"/127.0.0.1:$LEAN\"/; s/127.0.0.1:$ADMIN\"/127.0.0.1:$LEAN_ADMIN\"/" \
+  -e 's/^\[upstreams.up\]$/[server.identity_headers]\nkey_id = ""\nuser = ""\norganisation = ""\nplan = ""\n[upstreams.up]/' \
+  "$WORK/weir.toml" > "$WORK/weir-lean.toml"
 nginx -c "$WORK/up/nginx.conf" -p "$WORK/up" & echo $! > "$WORK/up-master.pid"
 nginx -c "$WORK/ng/nginx.conf" -p "$WORK/ng" & echo $! > "$WORK/ng-master.pid"
 WEIR_LOG=warn ./target/release/weir serve --config "$WORK/weir.toml" > "$WORK/weir.log" 2>&1 & echo $! > "$WORK/weir.pid"
-for p in $UP $NG $WEIR; do for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done; done
+WEIR_LOG=warn ./target/release/weir serve --config "$WORK/weir-lean.toml" > "$WORK/weir-lean.log" 2>&1 & echo $! > "$WORK/weir-lean.pid"
+for p in $UP $NG $WEIR $LEAN; do for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done; done
 
 # CPU time (clock ticks, user + system) of processes and their children, every thread.
 ticks() {
@@ -105,11 +113,13 @@ run() { # name url extra-header proxy-pid (empty for the upstream itself)
 }
 # Warm-up, then ROUNDS rounds of the three measurements back to back.
 wrk -t1 -c8 -d2s -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" >/dev/null
+wrk -t1 -c8 -d2s -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$LEAN/v1/x" >/dev/null
 rows=()
 for r in $(seq "$ROUNDS"); do
   rows+=("$(run "upstream directly" "http://127.0.0.1:$UP/v1/x" "X-Bench: 1" "")|$r")
   rows+=("$(run "weir -> upstream" "http://127.0.0.1:$WEIR/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/weir.pid")")|$r")
   rows+=("$(run "nginx limit_req -> upstream" "http://127.0.0.1:$NG/v1/x" "X-Bench: 1" "$(cat "$WORK/ng-master.pid")")|$r")
+  rows+=("$(run "weir, no identity fields -> upstream" "http://127.0.0.1:$LEAN/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/weir-lean.pid")")|$r")
 done
 curl -s -D - -o /dev/null -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" | grep -iE '^(x-ratelimit|ratelimit|x-request-id)' > "$WORK/headers.txt" || true
 
@@ -124,8 +134,10 @@ median() { sort -n | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else prin
 med_of() { for row in "${rows[@]}"; do IFS='|' read -r n rps _ <<<"$row"; if [ "$n" = "$1" ]; then echo "$rps"; fi; done | median; }
 cpu_of() { for row in "${rows[@]}"; do IFS='|' read -r n _ _ _ _ pc _ <<<"$row"; if [ "$n" = "$1" ]; then echo "$pc"; fi; done | median; }
 ud=$(med_of "upstream directly"); wr=$(med_of "weir -> upstream"); nr=$(med_of "nginx limit_req -> upstream")
+lr=$(med_of "weir, no identity fields -> upstream")
 echo
-echo "medians: upstream directly $ud, weir $wr, nginx $nr requests/s"
+echo "medians: upstream directly $ud, weir $wr, nginx $nr, weir without identity fields $lr requests/s"
 echo "weir / nginx throughput (medians): $(python3 -c "print(f'{$wr/$nr:.2f}x')")"
-echo "proxy CPU per request (medians): weir $(cpu_of "weir -> upstream") µs, nginx $(cpu_of "nginx limit_req -> upstream") µs"
+echo "for reference, weir without identity fields / nginx: $(python3 -c "print(f'{$lr/$nr:.2f}x')")"
+echo "proxy CPU per request (medians): weir $(cpu_of "weir -> upstream") µs, nginx $(cpu_of "nginx limit_req -> upstream") µs, weir without identity fields $(cpu_of "weir, no identity fields -> upstream") µs"
 echo "headers weir sent:"; sed 's/^/    /' "$WORK/headers.txt"
