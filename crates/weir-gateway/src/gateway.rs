@@ -314,6 +314,10 @@ struct Ctx<'r> {
     key_id: Option<&'r str>,
     decision: Option<Decision>,
     upstream_ms: Option<f64>,
+    /// The trace context sent upstream: its parent id is weir's own span, which the
+    /// access log records (a span id nobody records would leave the upstream's span with
+    /// a parent no trace shows).
+    trace: Option<TraceParent>,
     /// The request has a body that was neither read nor forwarded: the connection cannot
     /// be reused, and the response must say so.
     body_unread: bool,
@@ -559,6 +563,7 @@ impl Gateway {
             key_id: None,
             decision: None,
             upstream_ms: None,
+            trace: None,
             body_unread: false,
         };
         let method = req.method().clone();
@@ -616,6 +621,8 @@ impl Gateway {
             code = %code,
             latency_ms = elapsed.as_secs_f64() * 1e3,
             upstream_ms = ctx.upstream_ms.unwrap_or(-1.0),
+            trace_id = %ctx.trace.map_or_else(|| "-".to_owned(), |t| t.trace_id_hex()),
+            span_id = %ctx.trace.map_or_else(|| "-".to_owned(), |t| t.parent_id_hex()),
             "request"
         );
         // Concurrency slots are held until the response body has been sent.
@@ -1061,6 +1068,7 @@ impl Gateway {
         let mut added: smallvec::SmallVec<[(HeaderName, HeaderValue); 4]> =
             smallvec::SmallVec::new();
         added.push((names::X_REQUEST_ID, ctx.request_id.clone()));
+        ctx.trace = trace;
         if let Some(v) = trace.and_then(|t| HeaderValue::from_bytes(&t.to_bytes()).ok()) {
             added.push((names::TRACEPARENT, v));
         }

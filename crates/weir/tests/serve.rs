@@ -153,6 +153,18 @@ fn serve_logs_reloads_on_sighup_and_drains_on_sigterm() {
         .filter(|l| l.contains("\"weir::access\""))
         .collect();
     assert!(access.len() >= 5, "{logs}");
+    // Each proxied request's line names the span weir sent upstream in `traceparent`.
+    let hex = |v: &serde_json::Value, n: usize| {
+        v.as_str()
+            .is_some_and(|s| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    assert!(
+        access.iter().any(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            hex(&v["fields"]["trace_id"], 32) && hex(&v["fields"]["span_id"], 16)
+        }),
+        "{logs}"
+    );
     for line in &access {
         let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
         let f = &v["fields"];

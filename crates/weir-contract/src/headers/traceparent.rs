@@ -99,6 +99,14 @@ impl TraceParent {
             .unwrap_or_default()
             .to_owned()
     }
+
+    /// The parent (span) id as 16 lowercase hex digits.
+    pub fn parent_id_hex(&self) -> String {
+        let bytes = self.to_bytes();
+        std::str::from_utf8(&bytes[36..52])
+            .unwrap_or_default()
+            .to_owned()
+    }
 }
 
 fn hex_digit(b: u8) -> Option<u8> {
