@@ -1077,7 +1077,7 @@ impl Gateway {
         }
         added.push((
             names::X_FORWARDED_PROTO,
-            forwarded_proto(h, peer_ip, &rt.config.trusted_proxies),
+            crate::client_ip::forwarded_proto(peer_ip, h, &rt.config.trusted_proxies),
         ));
         let rewrite = Rewrite {
             // `tracestate` belongs to the caller's trace: it goes on only with that trace.
@@ -1188,27 +1188,6 @@ impl Gateway {
                 tracing::warn!(error = %e, "idempotency store");
             }
         }
-    }
-}
-
-/// The `X-Forwarded-Proto` for the upstream: the scheme a trusted proxy in front says the
-/// client used (a TLS-terminating load balancer says `https`, and the upstream builds its
-/// links with it), otherwise weir's own, `http`. An untrusted peer's claim is replaced,
-/// as its `X-Forwarded-For` is not believed. Of a list, the first (the client-facing hop)
-/// counts; anything but `http` or `https` is not believed.
-fn forwarded_proto(h: &http::HeaderMap, peer: IpAddr, trusted: &[ipnet::IpNet]) -> HeaderValue {
-    const HTTP: HeaderValue = HeaderValue::from_static("http");
-    const HTTPS: HeaderValue = HeaderValue::from_static("https");
-    if trusted.is_empty() || !trusted.iter().any(|n| n.contains(&peer)) {
-        return HTTP;
-    }
-    let first = h
-        .get(&names::X_FORWARDED_PROTO)
-        .and_then(|v| v.as_bytes().split(|b| *b == b',').next())
-        .map(<[u8]>::trim_ascii);
-    match first {
-        Some(p) if p.eq_ignore_ascii_case(b"https") => HTTPS,
-        _ => HTTP,
     }
 }
 
