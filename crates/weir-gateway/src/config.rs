@@ -36,31 +36,19 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Fields an identity field may not be named after: those weir writes or strips itself
-/// on the way upstream (credentials, `Host`, the request id, the trace, `X-Forwarded-*`),
-/// the framing and hop-by-hop fields, and `Idempotency-Key` (the upstream needs the
-/// client's). Renaming an identity field onto one of these would silently drop or
+/// Whether an identity field may not be called `name`: weir writes or strips a field of
+/// that name itself on the way upstream (the fields it replaces, `tracestate`, the
+/// framing and hop-by-hop fields), or the upstream needs the client's (`Forwarded`,
+/// `Idempotency-Key`). Renaming an identity field onto one of these would silently drop or
 /// overwrite what the upstream relies on.
-const RESERVED_FIELDS: [&str; 18] = [
-    "host",
-    "authorization",
-    "x-api-key",
-    "x-request-id",
-    "traceparent",
-    "tracestate",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "forwarded",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "idempotency-key",
-];
+fn reserved_field(name: &http::HeaderName) -> bool {
+    crate::gateway::REPLACED.contains(name)
+        || crate::hop::hop_index_raw(name.as_str().as_bytes()).is_some()
+        || matches!(
+            name.as_str(),
+            "tracestate" | "content-length" | "forwarded" | "idempotency-key"
+        )
+}
 
 /// Checks `[server.identity_headers]`.
 fn identity_headers(raw: &RawIdentityHeaders) -> Result<IdentityHeaders, ConfigError> {
@@ -75,7 +63,7 @@ fn identity_headers(raw: &RawIdentityHeaders) -> Result<IdentityHeaders, ConfigE
         let n = http::HeaderName::from_bytes(value.as_bytes()).map_err(|_| {
             err(&path, format!("{value:?} is not a header field name (letters, digits and !#$%&'*+-.^_`|~ only)"))
         })?;
-        if RESERVED_FIELDS.contains(&n.as_str()) {
+        if reserved_field(&n) {
             return Err(err(
                 &path,
                 format!("{value:?} is a field weir manages itself on the way upstream; choose another name, or \"\" to leave it out"),

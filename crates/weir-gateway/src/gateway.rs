@@ -1195,17 +1195,21 @@ impl Gateway {
 /// upstream's own is written), `x-weir-*` (only weir speaks for the caller's identity, so a
 /// client cannot pose as another key), and the fields weir writes itself.
 fn replaced(name: &HeaderName) -> bool {
-    const REPLACED: [HeaderName; 7] = [
-        header::HOST,
-        header::AUTHORIZATION,
-        names::X_API_KEY,
-        names::X_REQUEST_ID,
-        names::TRACEPARENT,
-        names::X_FORWARDED_FOR,
-        names::X_FORWARDED_PROTO,
-    ];
     REPLACED.contains(name) || name.as_str().starts_with("x-weir-")
 }
+
+/// The client fields [`replaced`] names one by one: weir writes its own (or, for the
+/// credentials, none) in their place. The configuration refuses them as identity field
+/// names.
+pub(crate) const REPLACED: [HeaderName; 7] = [
+    header::HOST,
+    header::AUTHORIZATION,
+    names::X_API_KEY,
+    names::X_REQUEST_ID,
+    names::TRACEPARENT,
+    names::X_FORWARDED_FOR,
+    names::X_FORWARDED_PROTO,
+];
 
 /// [`replaced`], and `tracestate` (when the caller's `traceparent` is not valid, weir starts
 /// a new trace and the caller's trace state does not belong to it).

@@ -192,6 +192,11 @@ mod proxy {
         for (table, path) in [
             ("user = \"X-Request-Id\"", "server.identity_headers.user"),
             ("plan = \"Idempotency-Key\"", "server.identity_headers.plan"),
+            ("plan = \"Upgrade\"", "server.identity_headers.plan"),
+            (
+                "key_id = \"Content-Length\"",
+                "server.identity_headers.key_id",
+            ),
             (
                 "user = \"X-Who\"\norganisation = \"x-who\"",
                 "server.identity_headers.organisation",
@@ -211,11 +216,7 @@ mod proxy {
             "[upstreams.raw]\nurl = \"http://{up}\"\n[[routes]]\nname = \"raw\"\nprefix = \"/v1/raw\"\nupstream = \"raw\"\n"
         );
         let text = config(&route, &temp_db("p0-proto"));
-        let trusting = text.replacen(
-            "[server]\n",
-            "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n",
-            1,
-        );
+        let trusting = with_server(&text, "trusted_proxies = [\"127.0.0.1\"]");
         assert_ne!(text, trusting);
         // Behind a TLS-terminating proxy weir trusts, the upstream learns the client used
         // https; from anyone else the claim is replaced with weir's own scheme.
