@@ -138,6 +138,19 @@ lr=$(med_of "weir, no identity fields -> upstream")
 echo
 echo "medians: upstream directly $ud, weir $wr, nginx $nr, weir without identity fields $lr requests/s"
 echo "weir / nginx throughput (medians): $(python3 -c "print(f'{$wr/$nr:.2f}x')")"
+# The same ratio round by round (weir and nginx measured back to back in each): its spread
+# is how far one run of this script can be trusted on this machine.
+per_round=$(for r in $(seq "$ROUNDS"); do
+  w=""; g=""
+  for row in "${rows[@]}"; do
+    IFS='|' read -r n rps _ _ _ _ _ _ round <<<"$row"
+    [ "$round" = "$r" ] || continue
+    [ "$n" = "weir -> upstream" ] && w=$rps
+    [ "$n" = "nginx limit_req -> upstream" ] && g=$rps
+  done
+  python3 -c "print(f'{$w/$g:.3f}')"
+done | sort -n | tr '\n' ' ')
+echo "weir / nginx round by round, sorted: $per_round"
 echo "for reference, weir without identity fields / nginx: $(python3 -c "print(f'{$lr/$nr:.2f}x')")"
 echo "proxy CPU per request (medians): weir $(cpu_of "weir -> upstream") µs, nginx $(cpu_of "nginx limit_req -> upstream") µs, weir without identity fields $(cpu_of "weir, no identity fields -> upstream") µs"
 echo "headers weir sent:"; sed 's/^/    /' "$WORK/headers.txt"

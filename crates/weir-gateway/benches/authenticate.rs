@@ -18,7 +18,7 @@ fn keys(n: usize) -> Vec<ApiKey> {
             plan: "p".into(),
             scopes: Vec::new(),
             expires: None,
-            upstream_headers: Vec::new(),
+            upstream_headers: Default::default(),
         })
         .collect()
 }

@@ -25,7 +25,7 @@ use crate::identity::{self, ApiKey, AuthFailure};
 use crate::present::{Field, Present};
 use crate::respond::{self, names, Refusal};
 use crate::telemetry;
-use crate::upstream::{Rewrite, UpstreamPool};
+use crate::upstream::{FieldLines, Rewrite, UpstreamPool};
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use bytes::Bytes;
@@ -1052,33 +1052,30 @@ impl Gateway {
         let trace = incoming
             .and_then(|t| t.child(span))
             .or_else(|| TraceParent::new(trace_id.try_into().unwrap_or_default(), span, 1));
-        let xff = match present
+        // The fields made for this request go into the head as written here: none needs a
+        // field value of its own. Each value is weir's own text (the request id was
+        // checked or generated, the trace context is hex, the address digits) or, for a
+        // forwarding chain, a field value the client sent.
+        let mut added = FieldLines::with_capacity(256);
+        added.push(&names::X_REQUEST_ID, &ctx.request_id);
+        ctx.trace = trace;
+        if let Some(t) = trace {
+            added.push_parts(b"traceparent", &[&t.to_bytes()]);
+        }
+        match present
             .get(h, Field::XForwardedFor)
             .and_then(|v| v.to_str().ok())
         {
-            Some(prev) => {
-                let mut s = String::with_capacity(prev.len() + 2 + peer.len());
-                s.push_str(prev);
-                s.push_str(", ");
-                s.push_str(peer.to_str().unwrap_or("-"));
-                owned_value(s)
-            }
-            None => Some(peer),
-        };
-        let mut added: smallvec::SmallVec<[(HeaderName, HeaderValue); 4]> =
-            smallvec::SmallVec::new();
-        added.push((names::X_REQUEST_ID, ctx.request_id.clone()));
-        ctx.trace = trace;
-        if let Some(v) = trace.and_then(|t| HeaderValue::from_bytes(&t.to_bytes()).ok()) {
-            added.push((names::TRACEPARENT, v));
+            Some(prev) => added.push_parts(
+                b"x-forwarded-for",
+                &[prev.as_bytes(), b", ", peer.as_bytes()],
+            ),
+            None => added.push(&names::X_FORWARDED_FOR, &peer),
         }
-        if let Some(v) = xff {
-            added.push((names::X_FORWARDED_FOR, v));
-        }
-        added.push((
-            names::X_FORWARDED_PROTO,
-            crate::client_ip::forwarded_proto(peer_ip, h, &rt.config.trusted_proxies),
-        ));
+        added.push(
+            &names::X_FORWARDED_PROTO,
+            &crate::client_ip::forwarded_proto(peer_ip, h, &rt.config.trusted_proxies),
+        );
         let rewrite = Rewrite {
             // `tracestate` belongs to the caller's trace: it goes on only with that trace.
             skip: if incoming.is_some() {
@@ -1087,7 +1084,10 @@ impl Gateway {
                 replaced_or_tracestate
             },
             strip: rt.config.identity_headers.strip(),
-            add: [key.map_or(&[][..], |k| &k.upstream_headers[..]), &added[..]],
+            add: [
+                key.map_or(Rewrite::NONE.add[0], |k| &k.upstream_headers),
+                &added,
+            ],
         };
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;

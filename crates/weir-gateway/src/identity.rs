@@ -100,8 +100,8 @@ pub struct ApiKey {
     /// When it stops working.
     pub expires: Option<SystemTime>,
     /// What the upstream is told of this identity (by default `X-Weir-Key-Id`, `-User`,
-    /// `-Organisation`, `-Plan`), built once at load (see [`ApiKey::identity_headers`]).
-    pub upstream_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// `-Organisation`, `-Plan`), written out once at load (see [`ApiKey::identity_headers`]).
+    pub upstream_headers: crate::upstream::FieldLines,
 }
 
 impl ApiKey {
@@ -113,16 +113,19 @@ impl ApiKey {
         user: &str,
         organisation: &str,
         plan: &str,
-    ) -> Vec<(http::HeaderName, http::HeaderValue)> {
-        [
+    ) -> crate::upstream::FieldLines {
+        let mut lines = crate::upstream::FieldLines::new();
+        for (name, value) in [
             (&names.key_id, id),
             (&names.user, user),
             (&names.organisation, organisation),
             (&names.plan, plan),
-        ]
-        .into_iter()
-        .filter_map(|(n, v)| Some((n.clone()?, http::HeaderValue::from_str(v).ok()?)))
-        .collect()
+        ] {
+            if let (Some(name), Ok(value)) = (name, http::HeaderValue::from_str(value)) {
+                lines.push(name, &value);
+            }
+        }
+        lines
     }
 }
 

@@ -7,8 +7,9 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::SizeHint;
 
-/// Appends one `name: value` field line.
+/// Appends one `name: value` field line (room for it made once, not by each part).
 pub(crate) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.reserve(name.len() + value.len() + 4);
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

@@ -285,6 +285,64 @@ pub enum RequestFraming {
     Chunked,
 }
 
+/// Field lines ready to go into a request head (`name: value\r\n` each), so that writing
+/// them is one copy. Fields weir sends on every request are kept this way: a key's
+/// identity fields are written out once, when the configuration is loaded, instead of
+/// once per request, and the fields made for one request (its id, trace context and
+/// forwarding fields) need no field value of their own (no allocation, no reference
+/// count).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct FieldLines(Vec<u8>);
+
+impl FieldLines {
+    /// No fields.
+    pub const fn new() -> FieldLines {
+        FieldLines(Vec::new())
+    }
+
+    /// No fields yet, with room for `bytes` bytes of them.
+    pub fn with_capacity(bytes: usize) -> FieldLines {
+        FieldLines(Vec::with_capacity(bytes))
+    }
+
+    /// Adds a field.
+    pub fn push(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.push_parts(name.as_str().as_bytes(), &[value.as_bytes()]);
+    }
+
+    /// Adds a field named `name` (a lowercase field name) whose value is `parts` one after
+    /// the other, each of them text weir wrote itself or took from a field value, so that
+    /// the value is one a field may hold (checked in debug builds).
+    pub(crate) fn push_parts(&mut self, name: &[u8], parts: &[&[u8]]) {
+        debug_assert!(HeaderName::from_bytes(name).is_ok_and(|n| n.as_str().as_bytes() == name));
+        debug_assert!(HeaderValue::from_bytes(&parts.concat()).is_ok());
+        self.0
+            .reserve(name.len() + 4 + parts.iter().map(|p| p.len()).sum::<usize>());
+        self.0.extend_from_slice(name);
+        self.0.extend_from_slice(b": ");
+        for part in parts {
+            self.0.extend_from_slice(part);
+        }
+        self.0.extend_from_slice(b"\r\n");
+    }
+
+    /// The lines, as they go on the wire.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for FieldLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
 /// How a proxy changes a request's fields on their way to the upstream, applied while the
 /// head is written: the client's field map is read, never edited (each edit of a map is a
 /// hashed lookup, and a map that grows is rebuilt).
@@ -295,15 +353,18 @@ pub struct Rewrite<'a> {
     /// More client fields that are not forwarded, named by configuration (usually none).
     pub strip: &'a [HeaderName],
     /// Fields written after the client's, in order.
-    pub add: [&'a [(HeaderName, HeaderValue)]; 2],
+    pub add: [&'a FieldLines; 2],
 }
+
+/// No fields, for [`Rewrite::NONE`].
+static NO_LINES: FieldLines = FieldLines::new();
 
 impl Rewrite<'_> {
     /// Forward every field as it is.
     pub const NONE: Rewrite<'static> = Rewrite {
         skip: |_| false,
         strip: &[],
-        add: [&[], &[]],
+        add: [&NO_LINES, &NO_LINES],
     };
 }
 
@@ -350,8 +411,8 @@ pub fn write_request_head(
         }
         field(out, name, value);
     }
-    for (name, value) in rewrite.add.iter().flat_map(|list| list.iter()) {
-        field(out, name, value);
+    for lines in rewrite.add {
+        out.extend_from_slice(lines.as_bytes());
     }
     match framing {
         RequestFraming::None => {}
@@ -791,14 +852,13 @@ mod tests {
             "GET / HTTP/1.1\r\nx-request-id: abc\r\nhost: given\r\n\r\n"
         );
         // A rewrite drops fields (the client's Host among them) and adds its own, last.
-        let first = [(
-            HeaderName::from_static("x-a"),
-            HeaderValue::from_static("1"),
-        )];
-        let second = [(
-            HeaderName::from_static("x-b"),
-            HeaderValue::from_static("2"),
-        )];
+        let mut first = FieldLines::new();
+        first.push(
+            &HeaderName::from_static("x-a"),
+            &HeaderValue::from_static("1"),
+        );
+        let mut second = FieldLines::new();
+        second.push_parts(b"x-b", &[b"2", b", ", b"3"]);
         let rewrite = Rewrite {
             skip: |n| n == header::HOST || n.as_str() == "x-request-id",
             strip: &[],
@@ -813,7 +873,7 @@ mod tests {
                 &rewrite,
                 RequestFraming::None
             ),
-            "GET / HTTP/1.1\r\nhost: up\r\nx-a: 1\r\nx-b: 2\r\n\r\n"
+            "GET / HTTP/1.1\r\nhost: up\r\nx-a: 1\r\nx-b: 2, 3\r\n\r\n"
         );
     }
 
@@ -928,14 +988,14 @@ mod tests {
             for (n, v) in &fields {
                 headers.append(*n, HeaderValue::from_str(v.trim()).expect("value"));
             }
-            let adds: Vec<(HeaderName, HeaderValue)> = added
-                .iter()
-                .map(|v| (HeaderName::from_static("x-added"), HeaderValue::from_str(v).expect("value")))
-                .collect();
+            let mut adds = FieldLines::new();
+            for v in &added {
+                adds.push(&HeaderName::from_static("x-added"), &HeaderValue::from_str(v).expect("value"));
+            }
             let rewrite = Rewrite {
                 skip: |n| *n == header::HOST || n.as_str().starts_with("x-skip-") || n.as_str() == "x-added",
                 strip: &[HeaderName::from_static("x-strip")],
-                add: [&adds, &[]],
+                add: [&adds, Rewrite::NONE.add[1]],
             };
             let framing = length.map_or(RequestFraming::Chunked, RequestFraming::Length);
             let mut out = Vec::new();
@@ -960,8 +1020,8 @@ mod tests {
                 }
                 want.push((n.to_owned(), v.to_str().expect("ascii").to_owned()));
             }
-            for (n, v) in &adds {
-                want.push((n.as_str().to_owned(), v.to_str().expect("ascii").to_owned()));
+            for v in &added {
+                want.push(("x-added".to_owned(), v.trim().to_owned()));
             }
             match framing {
                 RequestFraming::Length(n) => want.push(("content-length".into(), n.to_string())),

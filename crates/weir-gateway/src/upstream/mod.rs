@@ -32,7 +32,7 @@ pub mod codec;
 use axum::body::Body;
 use body::UpstreamBody;
 use bytes::{Bytes, BytesMut};
-pub use codec::Rewrite;
+pub use codec::{FieldLines, Rewrite};
 use codec::{Framing, Parsed, ProtocolError, RequestFraming};
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response};
