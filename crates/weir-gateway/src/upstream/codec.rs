@@ -307,11 +307,11 @@ impl FieldLines {
 
     /// Adds a field.
     pub fn push(&mut self, name: &HeaderName, value: &HeaderValue) {
-        self.push_parts(name.as_str().as_bytes(), &[value.as_bytes()]);
+        crate::wire::field(&mut self.0, name.as_str().as_bytes(), value.as_bytes());
     }
 
     /// Adds a field named `name` (a lowercase field name) whose value is `parts` one after
-    /// the other, each of them text weir wrote itself or took from a field value, so that
+    /// the other (a list built in place, such as a forwarding chain), each of them text weir wrote itself or took from a field value, so that
     /// the value is one a field may hold (checked in debug builds).
     pub(crate) fn push_parts(&mut self, name: &[u8], parts: &[&[u8]]) {
         debug_assert!(HeaderName::from_bytes(name).is_ok_and(|n| n.as_str().as_bytes() == name));
@@ -329,11 +329,6 @@ impl FieldLines {
     /// The lines, as they go on the wire.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
