@@ -3,8 +3,13 @@
 #   (1) the upstream directly, (2) weir -> upstream with limits and every header on,
 #   (3) nginx with limit_req -> the same upstream, and, for reference,
 #   (4) weir as in (2) but telling the upstream nothing of the caller's identity
-#       (`[server.identity_headers]` all ""): what the four identity fields cost the upstream.
-# The goal (issue 5) is judged on (2), weir's defaults.
+#       (`[server.identity_headers]` all ""): what the four identity fields cost the upstream;
+#   (5) nginx doing the same wire work as (2): three limit_req zones (per IP, per organisation,
+#       per user, the identity looked up from the key with `map`, 401 without it), the same
+#       eight fields to the upstream and the same six fields to the client (the rate-limit
+#       values fixed, as nginx has no counters to report): what weir's contract costs when
+#       nginx is asked to put the same bytes on the wire.
+# The goal (issue 5) is judged on (2) against (3), weir's defaults against bare limit_req.
 # The upstream is nginx returning a small JSON body. Needs: nginx, wrk (Debian packages
 # nginx-light or nginx, and wrk). Usage: bench/gateway-load.sh [seconds] [connections] [rounds]
 # Each round measures the four setups back to back; the table shows every round and the
@@ -24,9 +29,9 @@ WORK="$(mktemp -d)"
 trap 'kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null || true; pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); NG=$(free_port); WEIR=$(free_port); ADMIN=$(free_port)
-LEAN=$(free_port); LEAN_ADMIN=$(free_port)
+LEAN=$(free_port); LEAN_ADMIN=$(free_port); NGF=$(free_port)
 
-mkdir -p "$WORK/up" "$WORK/ng"
+mkdir -p "$WORK/up" "$WORK/ng" "$WORK/ngf"
 cat > "$WORK/up/nginx.conf" <<CONF
 daemon off; worker_processes 1; pid $WORK/up.pid; error_log $WORK/up/error.log;
 events { worker_connections 4096; }
@@ -42,6 +47,40 @@ http { access_log off; keepalive_requests 1000000;
   upstream up { server 127.0.0.1:$UP; keepalive 128; }
   server { listen 127.0.0.1:$NG;
     location / { limit_req zone=perip burst=1000000 nodelay; limit_req_status 429;
+      proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+# (5): the values weir sends, in the same shapes (nginx's \$request_id is 32 hex digits,
+# weir's a UUID; the trace id is the request id, the parent id fixed).
+RESET=$(( $(date +%s) + 60 ))
+cat > "$WORK/ngf/nginx.conf" <<CONF
+daemon off; worker_processes auto; pid $WORK/ngf.pid; error_log $WORK/ngf/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  map \$http_authorization \$key_id { "Bearer bench-key" bench; default ""; }
+  map \$key_id \$key_user { bench bench-user; default ""; }
+  map \$key_id \$key_org { bench bench-org; default ""; }
+  map \$key_id \$key_plan { bench bench; default ""; }
+  limit_req_zone \$key_org zone=perorg:10m rate=1000000r/s;
+  limit_req_zone \$binary_remote_addr zone=perip:10m rate=1000000r/s;
+  limit_req_zone \$key_user zone=peruser:10m rate=1000000r/s;
+  upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server { listen 127.0.0.1:$NGF;
+    location / {
+      if (\$key_id = "") { return 401; }
+      limit_req zone=perorg burst=1000000 nodelay; limit_req zone=perip burst=1000000 nodelay;
+      limit_req zone=peruser burst=1000000 nodelay; limit_req_status 429;
+      proxy_set_header X-Weir-Key-Id \$key_id; proxy_set_header X-Weir-User \$key_user;
+      proxy_set_header X-Weir-Organisation \$key_org; proxy_set_header X-Weir-Plan \$key_plan;
+      proxy_set_header X-Request-Id \$request_id;
+      proxy_set_header traceparent 00-\$request_id-22ee6fdb8442e38d-01;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      add_header X-Request-Id \$request_id always;
+      add_header X-RateLimit-Limit 100000000 always;
+      add_header X-RateLimit-Remaining 99999999 always;
+      add_header X-RateLimit-Reset $RESET always;
+      add_header RateLimit-Policy '"org-minute";q=100000000;w=60, "ip-10s";q=100000000;w=10, "user-minute";q=100000000;w=60' always;
+      add_header RateLimit '"org-minute";r=99999999;t=1, "ip-10s";r=99999999;t=1, "user-minute";r=99999999;t=1' always;
       proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
 cat > "$WORK/weir.toml" <<CONF
@@ -82,9 +121,10 @@ sed -e "s/127.0.0.1:$WEIR\"/127.0.0.1:$LEAN\"/; s/127.0.0.1:$ADMIN\"/127.0.0.1:$
   "$WORK/weir.toml" > "$WORK/weir-lean.toml"
 nginx -c "$WORK/up/nginx.conf" -p "$WORK/up" & echo $! > "$WORK/up-master.pid"
 nginx -c "$WORK/ng/nginx.conf" -p "$WORK/ng" & echo $! > "$WORK/ng-master.pid"
+nginx -c "$WORK/ngf/nginx.conf" -p "$WORK/ngf" & echo $! > "$WORK/ngf-master.pid"
 WEIR_LOG=warn ./target/release/weir serve --config "$WORK/weir.toml" > "$WORK/weir.log" 2>&1 & echo $! > "$WORK/weir.pid"
 WEIR_LOG=warn ./target/release/weir serve --config "$WORK/weir-lean.toml" > "$WORK/weir-lean.log" 2>&1 & echo $! > "$WORK/weir-lean.pid"
-for p in $UP $NG $WEIR $LEAN; do for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done; done
+for p in $UP $NG $WEIR $LEAN $NGF; do for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done; done
 
 # CPU time (clock ticks, user + system) of processes and their children, every thread.
 ticks() {
@@ -120,8 +160,10 @@ for r in $(seq "$ROUNDS"); do
   rows+=("$(run "weir -> upstream" "http://127.0.0.1:$WEIR/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/weir.pid")")|$r")
   rows+=("$(run "nginx limit_req -> upstream" "http://127.0.0.1:$NG/v1/x" "X-Bench: 1" "$(cat "$WORK/ng-master.pid")")|$r")
   rows+=("$(run "weir, no identity fields -> upstream" "http://127.0.0.1:$LEAN/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/weir-lean.pid")")|$r")
+  rows+=("$(run "nginx, same limits and fields -> upstream" "http://127.0.0.1:$NGF/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/ngf-master.pid")")|$r")
 done
 curl -s -D - -o /dev/null -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" | grep -iE '^(x-ratelimit|ratelimit|x-request-id)' > "$WORK/headers.txt" || true
+curl -s -D - -o /dev/null -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$NGF/v1/x" | grep -iE '^(x-ratelimit|ratelimit|x-request-id)' > "$WORK/headers-ngf.txt" || true
 
 echo "wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS rounds, $(nproc) cores; weir checks 3 limits (org plan, IP, user) and sends X-RateLimit-*, RateLimit, RateLimit-Policy, X-Request-Id on every response"
 echo
@@ -134,23 +176,27 @@ median() { sort -n | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else prin
 med_of() { for row in "${rows[@]}"; do IFS='|' read -r n rps _ <<<"$row"; if [ "$n" = "$1" ]; then echo "$rps"; fi; done | median; }
 cpu_of() { for row in "${rows[@]}"; do IFS='|' read -r n _ _ _ _ pc _ <<<"$row"; if [ "$n" = "$1" ]; then echo "$pc"; fi; done | median; }
 ud=$(med_of "upstream directly"); wr=$(med_of "weir -> upstream"); nr=$(med_of "nginx limit_req -> upstream")
-lr=$(med_of "weir, no identity fields -> upstream")
-echo
-echo "medians: upstream directly $ud, weir $wr, nginx $nr, weir without identity fields $lr requests/s"
-echo "weir / nginx throughput (medians): $(python3 -c "print(f'{$wr/$nr:.2f}x')")"
-# The same ratio round by round (weir and nginx measured back to back in each): its spread
+lr=$(med_of "weir, no identity fields -> upstream"); fr=$(med_of "nginx, same limits and fields -> upstream")
+# The ratio of two setups round by round (measured back to back in each), sorted: its spread
 # is how far one run of this script can be trusted on this machine.
-per_round=$(for r in $(seq "$ROUNDS"); do
-  w=""; g=""
-  for row in "${rows[@]}"; do
-    IFS='|' read -r n rps _ _ _ _ _ _ round <<<"$row"
-    [ "$round" = "$r" ] || continue
-    [ "$n" = "weir -> upstream" ] && w=$rps
-    [ "$n" = "nginx limit_req -> upstream" ] && g=$rps
-  done
-  python3 -c "print(f'{$w/$g:.3f}')"
-done | sort -n | tr '\n' ' ')
-echo "weir / nginx round by round, sorted: $per_round"
+per_round() {
+  for r in $(seq "$ROUNDS"); do
+    local a="" b="" n rps round
+    for row in "${rows[@]}"; do
+      IFS='|' read -r n rps _ _ _ _ _ _ round <<<"$row"
+      [ "$round" = "$r" ] || continue
+      [ "$n" = "$1" ] && a=$rps
+      [ "$n" = "$2" ] && b=$rps
+    done
+    python3 -c "print(f'{$a/$b:.3f}')"
+  done | sort -n | tr '\n' ' '
+}
+echo
+echo "medians: upstream directly $ud, weir $wr, nginx $nr, weir without identity fields $lr, nginx with the same limits and fields $fr requests/s"
+echo "weir / nginx throughput (medians): $(python3 -c "print(f'{$wr/$nr:.2f}x')")"
+echo "weir / nginx round by round, sorted: $(per_round "weir -> upstream" "nginx limit_req -> upstream")"
 echo "for reference, weir without identity fields / nginx: $(python3 -c "print(f'{$lr/$nr:.2f}x')")"
-echo "proxy CPU per request (medians): weir $(cpu_of "weir -> upstream") µs, nginx $(cpu_of "nginx limit_req -> upstream") µs, weir without identity fields $(cpu_of "weir, no identity fields -> upstream") µs"
+echo "for reference, weir / nginx with the same limits and fields: $(python3 -c "print(f'{$wr/$fr:.2f}x')") (round by round: $(per_round "weir -> upstream" "nginx, same limits and fields -> upstream"))"
+echo "proxy CPU per request (medians): weir $(cpu_of "weir -> upstream") µs, nginx $(cpu_of "nginx limit_req -> upstream") µs, weir without identity fields $(cpu_of "weir, no identity fields -> upstream") µs, nginx with the same limits and fields $(cpu_of "nginx, same limits and fields -> upstream") µs"
 echo "headers weir sent:"; sed 's/^/    /' "$WORK/headers.txt"
+echo "headers nginx with the same limits and fields sent:"; sed 's/^/    /' "$WORK/headers-ngf.txt"
