@@ -114,6 +114,7 @@ async fn one_and_three_limit_decisions_take_exactly_one_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_independent_instances_admit_exactly_the_organisation_limit() {
+    let _heavy = HEAVY.lock().await;
     let server = RedisServer::start();
     let clock = ManualClock::at_unix_secs(1_700_000_000);
     let policy = Policy::new(vec![LimitDef::rate(
@@ -201,11 +202,21 @@ fn reset(load: &Load) {
     }
 }
 
-/// The deadline is 20 ms; the margin covers scheduling on a loaded 2-core machine.
-const DEADLINE: Duration = Duration::from_millis(20);
-const MARGIN: Duration = Duration::from_millis(80);
+/// The store's deadline in the fault tests, and the margin over it that a decision may take
+/// while Redis is down (scheduling on a loaded 2-core machine). The healthy phase expects
+/// every decision to reach Redis within the deadline, so the deadline is wider than the
+/// 20 ms default: with 20 ms, a run on a fresh clone saw 11 healthy decisions fail while
+/// its sibling tests loaded the two cores. Failing past the deadline is the store doing
+/// what it should under overload, not a fault of it.
+const DEADLINE: Duration = Duration::from_millis(100);
+const MARGIN: Duration = Duration::from_millis(150);
+
+/// Held by the tests that load the machine (the four-instance contention test) or time
+/// their decisions (the fault tests), so they do not run beside one another.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn fault_test(policy: FailurePolicy) {
+    let _heavy = HEAVY.lock().await;
     let mut server = RedisServer::start();
     let mut cfg = RedisConfig::single(server.url());
     cfg.deadline = DEADLINE;
