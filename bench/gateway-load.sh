@@ -12,7 +12,7 @@
 # The goal (issue 5) is judged on (2) against (3), weir's defaults against bare limit_req.
 # The upstream is nginx returning a small JSON body. Needs: nginx, wrk (Debian packages
 # nginx-light or nginx, and wrk). Usage: bench/gateway-load.sh [seconds] [connections] [rounds]
-# Each round measures the four setups back to back; the table shows every round and the
+# Each round measures the five setups back to back; the table shows every round and the
 # medians, and the ratio is of the medians (one round on a small shared machine is noisy).
 # Beside throughput, each row has the CPU time (user + system, from /proc) spent per request
 # by the proxy, by the upstream and by the whole machine: it explains the throughput, and
