@@ -311,8 +311,11 @@ impl FieldLines {
     }
 
     /// Adds a field named `name` (a lowercase field name) whose value is `parts` one after
-    /// the other (a list built in place, such as a forwarding chain), each of them text weir wrote itself or took from a field value, so that
-    /// the value is one a field may hold (checked in debug builds).
+    /// the other (a list built in place, such as a forwarding chain). Each part is text weir
+    /// wrote itself or took from a field value, so the value is one a field may hold
+    /// (checked in debug builds). It writes the line itself rather than through
+    /// [`crate::wire::field`]: routing `field` through a list of parts cost about 250
+    /// instructions per proxied request (callgrind), as `field` writes some 26 lines each.
     pub(crate) fn push_parts(&mut self, name: &[u8], parts: &[&[u8]]) {
         debug_assert!(HeaderName::from_bytes(name).is_ok_and(|n| n.as_str().as_bytes() == name));
         debug_assert!(HeaderValue::from_bytes(&parts.concat()).is_ok());
