@@ -1180,4 +1180,140 @@ mod tests {
             .expect_err("bad window");
         assert_eq!(e.path, "limits[0].window");
     }
+
+    /// The rows of the tables in `docs/configuration.md` under the heading that contains
+    /// `heading`: (the first cell's names in backticks, the default cell).
+    fn doc_rows(heading: &str) -> Vec<(Vec<String>, String)> {
+        let docs = include_str!("../../../docs/configuration.md");
+        let start = docs
+            .find(&format!("## `{heading}`"))
+            .unwrap_or_else(|| panic!("docs/configuration.md has no section for {heading}"));
+        let section = &docs[start..];
+        let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
+        section[..end]
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').collect();
+                let names = cells[1]
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(String::from)
+                    .collect();
+                (names, cells[2].trim().to_string())
+            })
+            .collect()
+    }
+
+    /// The keys the parser accepts in a table, read off the error an unknown key gets.
+    fn accepted_keys(toml_with_unknown_key: &str) -> Vec<String> {
+        let e = Config::parse(toml_with_unknown_key).expect_err("unknown key");
+        let expected = e
+            .message
+            .split("expected")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{e}"));
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(String::from)
+            .collect()
+    }
+
+    /// `docs/configuration.md` documents every key with its default (the brief's promise):
+    /// every key the parser accepts has a row, every row names a key the parser accepts,
+    /// and every default written as a TOML value is what the parser assumes when the key
+    /// is left out.
+    #[test]
+    fn the_configuration_docs_document_every_key_and_its_default() {
+        let docs = include_str!("../../../docs/configuration.md");
+        let upstream = "[upstreams.u]\nurl = \"http://127.0.0.1:1\"\n";
+        let route =
+            format!("{upstream}[[routes]]\nname = \"r\"\nprefix = \"/r\"\nupstream = \"u\"\n");
+        let key =
+            "[[keys]]\nid = \"k\"\nkey = \"s\"\nuser = \"u\"\norganisation = \"o\"\nplan = \"p\"\n";
+        // (docs heading, a valid document that ends inside the table, the rows' prefix)
+        let tables = [
+            ("[server]", "[server]\n".to_string(), ""),
+            (
+                "[server.identity_headers]",
+                "[server.identity_headers]\n".to_string(),
+                "",
+            ),
+            ("[store]", "[store]\n".to_string(), ""),
+            ("[idempotency]", "[idempotency]\n".to_string(), ""),
+            ("[upstreams.<name>]", upstream.to_string(), ""),
+            (
+                "[upstreams.<name>]",
+                format!("{upstream}[upstreams.u.breaker]\n"),
+                "breaker.",
+            ),
+            ("[[routes]]", route, ""),
+            (
+                "[[limits]]",
+                "[[limits]]\nname = \"l\"\ncount = 5\n".to_string(),
+                "",
+            ),
+            ("[[keys]]", key.to_string(), ""),
+        ];
+        for (heading, doc, prefix) in tables {
+            let rows: Vec<_> = doc_rows(heading)
+                .into_iter()
+                .filter(|(names, _)| names.iter().all(|n| n.starts_with(prefix)))
+                .filter(|(names, _)| !prefix.is_empty() || !names.iter().any(|n| n.contains('.')))
+                .map(|(names, default)| {
+                    let keys = names
+                        .iter()
+                        .map(|n| n[prefix.len()..].to_string())
+                        .collect();
+                    (keys, default)
+                })
+                .collect::<Vec<(Vec<String>, String)>>();
+            let accepted = accepted_keys(&format!("{doc}zzz_not_a_key = 1\n"));
+            for k in &accepted {
+                // A sub-table is documented under its own heading or as prefixed rows.
+                let sub_table = docs.contains(&format!("{}.{k}]`", heading.trim_end_matches(']')))
+                    || docs.contains(&format!("| `{k}."));
+                assert!(
+                    sub_table || rows.iter().any(|(keys, _)| keys.contains(k)),
+                    "docs/configuration.md, {heading}: no row for `{prefix}{k}`"
+                );
+            }
+            let without = Config::parse(&doc).expect("the base document parses");
+            for (keys, default) in &rows {
+                for k in keys {
+                    assert!(
+                        accepted.contains(k),
+                        "docs/configuration.md, {heading}: `{prefix}{k}` is not a key weir reads"
+                    );
+                }
+                // Defaults written as prose ("— (required)", "server.dialect") are not checked.
+                let Some(value) = default.strip_prefix('`').and_then(|d| d.strip_suffix('`'))
+                else {
+                    continue;
+                };
+                if value.contains('`') || format!("v = {value}").parse::<toml::Table>().is_err() {
+                    continue;
+                }
+                for k in keys {
+                    let with = Config::parse(&format!("{doc}{k} = {value}\n"))
+                        .unwrap_or_else(|e| panic!("{heading} {prefix}{k} = {value}: {e}"));
+                    assert_eq!(
+                        format!("{with:?}"),
+                        format!("{without:?}"),
+                        "docs/configuration.md, {heading}: `{prefix}{k}` does not default to {value}"
+                    );
+                }
+            }
+        }
+        for table in accepted_keys("zzz_not_a_key = 1\n") {
+            assert!(
+                docs.contains(&format!("## `[{table}"))
+                    || docs.contains(&format!("## `[[{table}]]`")),
+                "docs/configuration.md has no section for [{table}]"
+            );
+        }
+    }
 }
