@@ -341,6 +341,27 @@ struct Declared {
 /// A response, or a refusal still to be rendered.
 type Step<T> = Result<T, Refusal>;
 
+/// A head weir's HTTP/1.1 server side cannot serve (malformed, too large, a framing it
+/// refuses), carried to [`Gateway::answer`] on a stand-in request (method `-`, target `*`)
+/// so that it is answered like every other refusal: counted against the peer's limits
+/// (429 once over them), stamped with the rate-limit fields, counted in the metrics and
+/// written to the access log.
+#[derive(Debug, Clone)]
+pub(crate) struct HeadRefused(pub(crate) Refusal);
+
+impl HeadRefused {
+    /// The stand-in request that carries the refusal.
+    pub(crate) fn into_request(self) -> Request<Body> {
+        let mut req = Request::new(Body::empty());
+        // `-` is a valid method token no client sends (so it counts as a write), and `*`
+        // a valid request target: the access log shows that no request was understood.
+        *req.method_mut() = Method::from_bytes(b"-").unwrap_or(Method::POST);
+        *req.uri_mut() = http::Uri::from_static("*");
+        req.extensions_mut().insert(self);
+        req
+    }
+}
+
 fn media_type(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::CONTENT_TYPE)
@@ -374,7 +395,7 @@ fn format_name(media: &str) -> String {
 }
 
 /// A fresh request id: a random UUID, written without the formatting machinery.
-pub(crate) fn new_request_id() -> HeaderValue {
+fn new_request_id() -> HeaderValue {
     let mut buf = uuid::Uuid::encode_buffer();
     let id: &str = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
     // Exactly as long as its capacity: the header value takes it without another allocation.
@@ -695,11 +716,28 @@ impl Gateway {
         &self,
         rt: &'r View,
         ctx: &mut Ctx<'r>,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: &mut Option<Body>,
         peer: SocketAddr,
         accept_problem: bool,
     ) -> Step<Response<Body>> {
+        // 1. A head weir's server side could not serve: counted against the limits that
+        // apply to every request from the peer (the socket's address: such a head has no
+        // forwarding fields to believe), then refused.
+        if let Some(HeadRefused(refusal)) = parts.extensions.remove::<HeadRefused>() {
+            let ip = ip_value(peer.ip());
+            self.count(
+                rt,
+                ctx,
+                None,
+                None,
+                &parts.method,
+                ip.to_str().unwrap_or("-"),
+                1,
+            )
+            .await?;
+            return Err(refusal);
+        }
         let present = ctx.present;
         // The body the request declares, read once for the whole pipeline.
         let declared = Declared {

@@ -11,8 +11,8 @@
 use super::body::{Reader, RequestBody, READ_CHUNK};
 use super::head::{self, HeadError, RequestHead};
 use super::write::{self, Framing};
-use crate::gateway::{Gateway, Stamp};
-use crate::respond::{self, Refusal};
+use crate::gateway::{Gateway, HeadRefused, Stamp};
+use crate::respond::Refusal;
 use axum::body::Body;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Response, Version};
@@ -151,7 +151,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, settings: Settings) {
             }
             Err(Failed::Head(e)) => {
                 tracing::debug!(error = %e, "malformed request head");
-                let _ = refuse(&sender, &mut out, &gateway, e).await;
+                let _ = refuse(&sender, &mut out, &gateway, e, peer).await;
                 return;
             }
         };
@@ -309,32 +309,26 @@ async fn read_head(
     }
 }
 
-/// Answers a head that cannot be served, in the contract's envelope.
+/// Answers a head that cannot be served, in the contract's envelope, counted and stamped
+/// like any other answer (see [`HeadRefused`]).
 async fn refuse(
     sender: &Sender,
     out: &mut Vec<u8>,
     gateway: &Gateway,
     e: HeadError,
+    peer: SocketAddr,
 ) -> std::io::Result<Sent> {
-    let rt = gateway.runtime();
     let refusal = Refusal::code("REQUEST_MALFORMED")
         .status(e.status())
         .message(e.to_string());
-    let id = crate::gateway::new_request_id();
-    let mut response = respond::render(
-        &refusal,
-        rt.config.dialect,
-        id.to_str().unwrap_or(""),
-        &rt.config.error_type_base,
-    );
-    response
-        .headers_mut()
-        .insert(respond::names::X_REQUEST_ID, id);
+    let (response, stamp) = gateway
+        .answer(HeadRefused(refusal).into_request(), peer)
+        .await;
     respond_with(
         sender,
         out,
         response,
-        None,
+        Some(&stamp),
         &Method::GET,
         Version::HTTP_11,
         true,

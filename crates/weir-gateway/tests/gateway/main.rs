@@ -1660,6 +1660,55 @@ mod http1 {
     }
 
     #[tokio::test]
+    async fn bad_heads_count_against_the_peers_limits_and_carry_its_fields() {
+        let limits =
+            "[[limits]]\nname = \"per-ip\"\nscope = [\"ip\"]\nwindow = \"60s\"\ncount = 2\n";
+        let gw = start(&config(&format!("{ECHO}{limits}"), &temp_db("h4b"))).await;
+        let bad = b"GET /v1/echo HTTP/1.1\r\nHost: x\r\nBad Field: 1\r\n\r\n";
+        for remaining in ["1", "0"] {
+            let mut s = connect(&gw).await;
+            let (got, _) = exchange(&mut s, bad, 1).await;
+            let r = &got[0];
+            assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
+            assert_eq!(field(r, "x-ratelimit-limit"), Some("2"), "{r}");
+            assert_eq!(field(r, "x-ratelimit-remaining"), Some(remaining), "{r}");
+            assert!(field(r, "ratelimit").is_some(), "{r}");
+            assert_eq!(
+                body(r)["detail"]["request_id"],
+                field(r, "x-request-id").expect("a request id")
+            );
+        }
+        // Over the peer's limit: 429 with when to retry, and the connection still closes.
+        let mut s = connect(&gw).await;
+        let (got, closed) = exchange(&mut s, bad, 2).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        let r = &got[0];
+        assert!(r.starts_with("HTTP/1.1 429 "), "{r}");
+        assert!(
+            field(r, "retry-after").is_some_and(|v| v.parse::<u64>().is_ok_and(|n| n >= 1)),
+            "{r}"
+        );
+        assert_eq!(body(r)["detail"]["code"], "SERVICE_RATE_LIMITED", "{r}");
+        assert!(closed);
+        // Counted like every other answer (the registry is the process's, shared with the
+        // other tests here, so only the series' presence is asserted).
+        let m = client()
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("send")
+            .text()
+            .await
+            .expect("text");
+        for series in [
+            r#"weir_requests_total{route="(none)",status="400",code="REQUEST_MALFORMED"}"#,
+            r#"weir_requests_total{route="(none)",status="429",code="SERVICE_RATE_LIMITED"}"#,
+        ] {
+            assert!(m.contains(series), "{series}: {m}");
+        }
+    }
+
+    #[tokio::test]
     async fn http_1_0_clients_and_head_requests() {
         let gw = start(&config(ECHO, &temp_db("h5"))).await;
         // HTTP/1.0 without keep-alive: one answer, then the connection closes.
