@@ -997,14 +997,7 @@ auth = false
             .expect("secs");
         assert!((1..=30).contains(&retry));
         assert_eq!(json(resp).await["detail"]["code"], "SERVICE_CIRCUIT_OPEN");
-        let metrics = c
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .expect("send")
-            .text()
-            .await
-            .expect("text");
+        let metrics = gw.metrics().await;
         assert!(
             metrics.contains("weir_breaker_state{upstream=\"dead\"} 1"),
             "{metrics}"
@@ -1059,14 +1052,7 @@ mod operations {
             .await
             .expect("send");
         c.get(gw.url("/v1/echo")).send().await.expect("send");
-        let m = c
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .expect("send")
-            .text()
-            .await
-            .expect("text");
+        let m = gw.metrics().await;
         assert!(
             m.contains(r#"weir_requests_total{route="echo",status="200",code=""}"#),
             "{m}"
@@ -1692,14 +1678,7 @@ mod http1 {
         assert!(closed);
         // Counted like every other answer (the registry is the process's, shared with the
         // other tests here, so only the series' presence is asserted).
-        let m = client()
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .expect("send")
-            .text()
-            .await
-            .expect("text");
+        let m = gw.metrics().await;
         for series in [
             r#"weir_requests_total{route="(none)",status="400",code="REQUEST_MALFORMED"}"#,
             r#"weir_requests_total{route="(none)",status="429",code="SERVICE_RATE_LIMITED"}"#,

@@ -22,6 +22,18 @@ impl Running {
         format!("http://{}{path}", self.admin)
     }
 
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("send /metrics")
+            .text()
+            .await
+            .expect("/metrics text")
+    }
+
     /// Asks the server to shut down (drain) and waits until it has.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
