@@ -133,6 +133,8 @@ struct RawServer {
     header_read_timeout: String,
     #[serde(default = "default_body_timeout")]
     body_read_timeout: String,
+    #[serde(default = "default_write_timeout")]
+    response_write_timeout: String,
     #[serde(default)]
     identity_headers: RawIdentityHeaders,
 }
@@ -190,6 +192,7 @@ impl Default for RawServer {
             connection_balance: default_balance(),
             header_read_timeout: default_header_timeout(),
             body_read_timeout: default_body_timeout(),
+            response_write_timeout: default_write_timeout(),
             identity_headers: RawIdentityHeaders::default(),
         }
     }
@@ -217,6 +220,9 @@ fn default_header_timeout() -> String {
     "30s".into()
 }
 fn default_body_timeout() -> String {
+    "60s".into()
+}
+fn default_write_timeout() -> String {
     "60s".into()
 }
 fn default_error_doc() -> String {
@@ -578,6 +584,10 @@ pub struct Config {
     /// The longest pause between two reads of a request body the gateway buffers; then
     /// the request gets 408 `REQUEST_TIMEOUT`.
     pub body_read_timeout: Duration,
+    /// The longest a client may take no bytes of its response while weir has some to send;
+    /// then weir closes the connection, so a client that stops reading cannot hold the
+    /// connection, its upstream exchange and its concurrency slot forever.
+    pub response_write_timeout: Duration,
     /// The names of the fields that tell the upstream who is calling.
     pub identity_headers: IdentityHeaders,
     /// Store.
@@ -1071,6 +1081,10 @@ impl Config {
             })?,
             header_read_timeout: nonzero("server.header_read_timeout", &s.header_read_timeout)?,
             body_read_timeout: nonzero("server.body_read_timeout", &s.body_read_timeout)?,
+            response_write_timeout: nonzero(
+                "server.response_write_timeout",
+                &s.response_write_timeout,
+            )?,
             identity_headers: identity_names,
             store,
             idempotency,

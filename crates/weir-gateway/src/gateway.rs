@@ -174,6 +174,11 @@ pub(crate) struct Stamp {
 }
 
 impl Stamp {
+    /// The request id the response carries.
+    pub(crate) fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
     /// When the response was ready (the clock reading that ended its latency).
     pub(crate) fn answered_at(&self) -> Instant {
         self.answered_at

@@ -340,6 +340,7 @@ impl Worker {
             gateway: self.gateway.clone(),
             // Read per connection, so a reload applies to new connections.
             header_timeout: self.gateway.runtime().config.header_read_timeout,
+            write_timeout: self.gateway.runtime().config.response_write_timeout,
             drain: self.drain.subscribe(),
             wake: self.wake.clone(),
         };

@@ -47,6 +47,9 @@ pub(super) struct Sender {
     responding: AtomicBool,
     /// How much of `100 Continue` has been written.
     continued: AtomicUsize,
+    /// The longest wait for the client to take more of a response
+    /// (`server.response_write_timeout`).
+    write_timeout: Duration,
 }
 
 impl Sender {
@@ -84,7 +87,21 @@ impl Sender {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     waited = true;
-                    self.half.writable().await?;
+                    // Only a full socket arms the timer: a response that leaves at once
+                    // costs no timer.
+                    match tokio::time::timeout(self.write_timeout, self.half.writable()).await {
+                        Ok(ready) => ready?,
+                        Err(_) => {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                format!(
+                                    "the client took no bytes of its response for {:?} \
+                                     (server.response_write_timeout)",
+                                    self.write_timeout
+                                ),
+                            ))
+                        }
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -100,6 +117,9 @@ pub struct Settings {
     pub gateway: Arc<Gateway>,
     /// The longest wait for a complete request head (`server.header_read_timeout`).
     pub header_timeout: Duration,
+    /// The longest the client may take no bytes of a response weir is sending
+    /// (`server.response_write_timeout`).
+    pub write_timeout: Duration,
     /// Becomes `true` when the worker drains; the worker waits for every clone to drop.
     pub drain: watch::Receiver<bool>,
     /// Notified (`notify_waiters`) when the worker drains, to end idle connections at once.
@@ -111,6 +131,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, settings: Settings) {
     let Settings {
         gateway,
         header_timeout,
+        write_timeout,
         drain,
         wake,
     } = settings;
@@ -123,6 +144,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, settings: Settings) {
         half: write,
         responding: AtomicBool::new(false),
         continued: AtomicUsize::new(0),
+        write_timeout,
     });
     // Lent to a request body while it is read; `None` after a body that was not read to
     // its end, and then the connection closes after the response.
@@ -202,6 +224,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, settings: Settings) {
                 };
             }
             Ok(_) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                // The access log already has the request's line: this says why the
+                // response it records did not reach the client whole.
+                tracing::info!(request_id = %stamp.request_id(), error = %e, "client stopped reading; connection closed");
+                return;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "writing a response failed");
                 return;

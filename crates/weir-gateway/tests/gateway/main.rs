@@ -1309,6 +1309,73 @@ mod operations {
     }
 
     #[tokio::test]
+    async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let extra = format!(
+            "{ECHO}\n[[routes]]\nname = \"bytes\"\nprefix = \"/v1/bytes\"\nupstream = \"demo\"\nauth = false\n"
+        );
+        let text = with_server(
+            &config(&extra, &temp_db("o6c")),
+            "response_write_timeout = \"300ms\"",
+        );
+        let gw = start(&text).await;
+        // 32 MiB, more than the sockets between here and the gateway hold: the gateway
+        // must wait for this client to read.
+        let get = b"GET /v1/bytes?n=33554432 HTTP/1.1\r\nHost: x\r\n\r\n";
+        let read_all = |mut conn: tokio::net::TcpStream| async move {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 1 << 16];
+            let ended = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                    if got.len() > 33_554_432 && got.ends_with(b"\r\n0\r\n\r\n") {
+                        break;
+                    }
+                }
+            })
+            .await;
+            assert!(ended.is_ok(), "the connection neither ended nor finished");
+            got
+        };
+        // A client that pauses for less than the timeout, once, gets the whole body, though
+        // the response takes longer than the timeout: the timeout is per wait, not per
+        // response.
+        let mut conn = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        conn.write_all(get).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let got = read_all(conn).await;
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            &got[..got.len().min(200)]
+        );
+        assert!(got.ends_with(b"\r\n0\r\n\r\n"), "the whole body arrived");
+        // A client that stops reading for longer is cut off: when it reads again, the
+        // connection ends short of the body.
+        let mut conn = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        conn.write_all(get).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let got = read_all(conn).await;
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            &got[..got.len().min(200)]
+        );
+        assert!(
+            got.len() < 33_554_432 && !got.ends_with(b"\r\n0\r\n\r\n"),
+            "the connection was closed part-way ({} bytes arrived)",
+            got.len()
+        );
+    }
+
+    #[tokio::test]
     async fn the_header_timeout_starts_once_a_slowly_read_response_is_sent() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let extra = format!(
