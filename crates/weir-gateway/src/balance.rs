@@ -16,12 +16,20 @@
 //! kept under one lock, taken once when a connection is assigned and once when it ends,
 //! never per request. A hand-off costs one cross-thread wake-up per connection: with
 //! connections that carry one request each, `"none"` avoids that cost.
+//!
+//! The same counts cap the connections served at once (`server.max_connections`): at the
+//! cap, the workers stop accepting until a connection ends, so new clients wait in the
+//! kernel's listen queue (as with nginx's `worker_connections`) instead of being accepted
+//! into a process that has run out of descriptors or memory. Two workers that find room at
+//! the same moment may each take a connection, so the cap can be passed by fewer
+//! connections than there are workers.
 
 use metrics::Gauge;
 use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
 
 /// How accepted connections are spread over the workers (`server.connection_balance`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -58,6 +66,10 @@ pub struct Handoff {
 /// The open-connection count of every worker, and each worker's inbox.
 pub struct Balancer {
     mode: BalanceMode,
+    /// The most connections served at once (`server.max_connections`).
+    max: usize,
+    /// Told whenever a connection ends, for workers waiting for room under the cap.
+    room: Notify,
     open: Mutex<Vec<usize>>,
     gauges: Vec<Gauge>,
     inboxes: Vec<mpsc::UnboundedSender<Handoff>>,
@@ -76,6 +88,8 @@ impl Drop for Slot {
             *n = n.saturating_sub(1);
             self.balancer.publish(self.worker, *n);
         }
+        drop(open);
+        self.balancer.room.notify_waiters();
     }
 }
 
@@ -88,10 +102,12 @@ pub enum Assigned {
 }
 
 impl Balancer {
-    /// A balancer for `workers` workers, with each worker's inbox (index = worker).
+    /// A balancer for `workers` workers serving at most `max` connections at once, with
+    /// each worker's inbox (index = worker).
     pub fn new(
         workers: usize,
         mode: BalanceMode,
+        max: usize,
     ) -> (Arc<Balancer>, Vec<mpsc::UnboundedReceiver<Handoff>>) {
         let (inboxes, receivers) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
         let gauges = (0..workers)
@@ -99,6 +115,8 @@ impl Balancer {
             .collect();
         let balancer = Balancer {
             mode,
+            max,
+            room: Notify::new(),
             open: Mutex::new(vec![0; workers]),
             gauges,
             inboxes,
@@ -148,6 +166,17 @@ impl Balancer {
         }
     }
 
+    /// Whether as many connections are open as `server.max_connections` allows.
+    pub fn full(&self) -> bool {
+        self.open.lock().iter().sum::<usize>() >= self.max
+    }
+
+    /// Waits until a connection ends, or at most `at_most` (a worker that finds the
+    /// balancer full checks again after either).
+    pub async fn wait_for_room(&self, at_most: Duration) {
+        let _ = tokio::time::timeout(at_most, self.room.notified()).await;
+    }
+
     /// The open connections of every worker.
     pub fn counts(&self) -> Vec<usize> {
         self.open.lock().clone()
@@ -173,7 +202,7 @@ mod tests {
 
     #[test]
     fn a_burst_on_one_worker_is_spread_evenly() {
-        let (b, _rx) = Balancer::new(3, BalanceMode::LeastConnections);
+        let (b, _rx) = Balancer::new(3, BalanceMode::LeastConnections, 100);
         let slots: Vec<Slot> = (0..10).map(|_| keep(b.assign(1))).collect();
         let counts = b.counts();
         assert_eq!(counts.iter().sum::<usize>(), 10);
@@ -189,7 +218,7 @@ mod tests {
 
     #[test]
     fn connections_that_end_free_their_worker() {
-        let (b, _rx) = Balancer::new(2, BalanceMode::LeastConnections);
+        let (b, _rx) = Balancer::new(2, BalanceMode::LeastConnections, 100);
         let first = keep(b.assign(0));
         let second = keep(b.assign(0));
         assert_eq!((first.worker, second.worker), (0, 1));
@@ -205,7 +234,7 @@ mod tests {
 
     #[test]
     fn none_keeps_every_connection_where_it_was_accepted() {
-        let (b, _rx) = Balancer::new(2, BalanceMode::None);
+        let (b, _rx) = Balancer::new(2, BalanceMode::None, 100);
         let slots: Vec<Slot> = (0..4).map(|_| keep(b.assign(1))).collect();
         assert_eq!(b.counts(), vec![0, 4]);
         drop(slots);

@@ -129,6 +129,8 @@ struct RawServer {
     workers: usize,
     #[serde(default = "default_balance")]
     connection_balance: String,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
     #[serde(default = "default_header_timeout")]
     header_read_timeout: String,
     #[serde(default = "default_body_timeout")]
@@ -190,6 +192,7 @@ impl Default for RawServer {
             error_type_base: default_error_doc(),
             workers: 0,
             connection_balance: default_balance(),
+            max_connections: default_max_connections(),
             header_read_timeout: default_header_timeout(),
             body_read_timeout: default_body_timeout(),
             response_write_timeout: default_write_timeout(),
@@ -206,6 +209,9 @@ fn default_admin() -> String {
 }
 fn default_balance() -> String {
     "least-connections".into()
+}
+fn default_max_connections() -> usize {
+    10_000
 }
 fn yes() -> bool {
     true
@@ -577,6 +583,9 @@ pub struct Config {
     pub workers: usize,
     /// How accepted connections are spread over the workers.
     pub connection_balance: BalanceMode,
+    /// The most client connections served at once; at the cap, new connections wait in
+    /// the kernel's listen queue until one ends.
+    pub max_connections: usize,
     /// How long a client may take to send a request's head, and how long a kept-alive
     /// connection may sit idle before the next one (slow or idle clients cannot pin
     /// connections forever).
@@ -1079,6 +1088,14 @@ impl Config {
                     ),
                 )
             })?,
+            max_connections: if s.max_connections == 0 {
+                return Err(err(
+                    "server.max_connections",
+                    "0 would accept no connection; it must be at least 1",
+                ));
+            } else {
+                s.max_connections
+            },
             header_read_timeout: nonzero("server.header_read_timeout", &s.header_read_timeout)?,
             body_read_timeout: nonzero("server.body_read_timeout", &s.body_read_timeout)?,
             response_write_timeout: nonzero(
@@ -1150,6 +1167,12 @@ mod tests {
         let e = Config::parse("[server]\nworkers = 100000\n").expect_err("too many workers");
         assert_eq!(e.path, "server.workers");
         assert!(e.message.contains("1024"), "{e}");
+        let e = Config::parse("[server]\nmax_connections = 0\n").expect_err("no connections");
+        assert_eq!(e.path, "server.max_connections");
+        assert_eq!(
+            Config::parse("").map(|c| c.max_connections).ok(),
+            Some(10_000)
+        );
         let e = Config::parse("[server]\nworkers = -1\n").expect_err("negative workers");
         assert_eq!(e.path, "server.workers");
         assert_eq!(

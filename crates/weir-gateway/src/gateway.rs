@@ -521,9 +521,12 @@ impl Gateway {
                 "server.listen and server.admin_listen change only on restart".into(),
             ));
         }
-        if o.workers != config.workers || o.connection_balance != config.connection_balance {
+        if o.workers != config.workers
+            || o.connection_balance != config.connection_balance
+            || o.max_connections != config.max_connections
+        {
             return Err(GatewayError::Reload(
-                "server.workers and server.connection_balance change only on restart".into(),
+                "server.workers, server.connection_balance and server.max_connections change only on restart".into(),
             ));
         }
         if o.store != config.store {

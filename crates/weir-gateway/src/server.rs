@@ -69,7 +69,8 @@ impl Server {
         };
         // The recorder first: the balancer registers its gauges.
         let _ = metrics_handle();
-        let (balancer, inboxes) = Balancer::new(workers, config.connection_balance);
+        let (balancer, inboxes) =
+            Balancer::new(workers, config.connection_balance, config.max_connections);
         let public = TcpListener::bind(public_addr).await?;
         let admin = TcpListener::bind(admin_addr).await?;
         let mut config = config;
@@ -285,7 +286,25 @@ impl Worker {
         grace: Duration,
     ) {
         let mut stop = std::pin::pin!(stop);
+        // Said once per stretch at the cap, not once per check.
+        let mut at_cap = false;
         loop {
+            if self.balancer.full() {
+                if !at_cap {
+                    tracing::warn!(
+                        "server.max_connections reached: new connections wait in the listen queue until one ends"
+                    );
+                    at_cap = true;
+                }
+                tokio::select! {
+                    // A missed wake-up costs at most this long.
+                    () = self.balancer.wait_for_room(Duration::from_millis(50)) => {}
+                    Some(h) = inbox.recv() => self.adopt(h),
+                    () = &mut stop => break,
+                }
+                continue;
+            }
+            at_cap = false;
             tokio::select! {
                 accepted = listener.accept() => {
                     let (stream, peer) = match accepted {

@@ -1271,6 +1271,57 @@ mod operations {
     }
 
     #[tokio::test]
+    async fn connections_past_max_connections_wait_until_one_ends() {
+        use tokio::io::AsyncWriteExt;
+        // One worker, so the cap is exact (with several, each may take one more).
+        let text = with_server(
+            &config(ECHO, &temp_db("o5c")),
+            "max_connections = 2\nworkers = 1",
+        );
+        let gw = start(&text).await;
+        let get = b"GET /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\n\r\n";
+        let head_done = |got: &[u8]| got.windows(4).any(|w| w == b"\r\n\r\n");
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            let mut c = tokio::net::TcpStream::connect(gw.addr)
+                .await
+                .expect("connect");
+            c.write_all(get).await.expect("write");
+            let got = read_until(&mut c, head_done).await.expect("answered");
+            assert!(
+                got.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&got)
+            );
+            open.push(c);
+        }
+        // A third client gets through the kernel's handshake but is not served while two
+        // connections are open...
+        let mut third = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        third.write_all(get).await.expect("write");
+        let mut buf = [0u8; 64];
+        let early = tokio::time::timeout(Duration::from_millis(400), async {
+            use tokio::io::AsyncReadExt;
+            third.read(&mut buf).await
+        })
+        .await;
+        assert!(early.is_err(), "answered past the cap: {early:?}");
+        assert_eq!(gw.balancer.counts().iter().sum::<usize>(), 2);
+        // ...and is served as soon as one of them ends.
+        drop(open.pop());
+        let got = read_until(&mut third, head_done)
+            .await
+            .expect("served once a connection ended");
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
+    #[tokio::test]
     async fn slow_and_idle_clients_are_disconnected_after_the_header_timeout() {
         use tokio::io::AsyncWriteExt;
         let text = with_server(
