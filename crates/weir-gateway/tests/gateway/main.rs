@@ -17,6 +17,10 @@ methods = ["GET", "HEAD", "POST"]
 max_body = "1MiB"
 "#;
 
+/// A route to the demo upstream's streamed download (`GET /v1/bytes?n=N`), open to all.
+const BYTES: &str =
+    "\n[[routes]]\nname = \"bytes\"\nprefix = \"/v1/bytes\"\nupstream = \"demo\"\nauth = false\n";
+
 const DOCS: &str = r#"
 [[routes]]
 name = "documents"
@@ -285,7 +289,7 @@ mod proxy {
 
     #[tokio::test]
     async fn streams_large_bodies_both_ways() {
-        let extra = format!("{ECHO}\n[[routes]]\nname = \"bytes\"\nprefix = \"/v1/bytes\"\nupstream = \"demo\"\nauth = false\n");
+        let extra = format!("{ECHO}{BYTES}");
         let gw = start(&config(&extra, &temp_db("p2"))).await;
         // 256 MiB down, streamed chunk by chunk.
         let n: u64 = 256 << 20;
@@ -1362,9 +1366,7 @@ mod operations {
     #[tokio::test]
     async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let extra = format!(
-            "{ECHO}\n[[routes]]\nname = \"bytes\"\nprefix = \"/v1/bytes\"\nupstream = \"demo\"\nauth = false\n"
-        );
+        let extra = format!("{ECHO}{BYTES}");
         let text = with_server(
             &config(&extra, &temp_db("o6c")),
             "response_write_timeout = \"300ms\"",
@@ -1429,9 +1431,7 @@ mod operations {
     #[tokio::test]
     async fn the_header_timeout_starts_once_a_slowly_read_response_is_sent() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let extra = format!(
-            "{ECHO}\n[[routes]]\nname = \"bytes\"\nprefix = \"/v1/bytes\"\nupstream = \"demo\"\nauth = false\n"
-        );
+        let extra = format!("{ECHO}{BYTES}");
         let text = with_server(
             &config(&extra, &temp_db("o6b")),
             "header_read_timeout = \"300ms\"",
@@ -1860,7 +1860,7 @@ mod http1 {
 
     #[tokio::test]
     async fn a_body_of_unknown_length_is_chunked_for_1_1_and_close_delimited_for_1_0() {
-        let extra = format!("{ECHO}\n[[routes]]\nname = \"bytes\"\nprefix = \"/v1/bytes\"\nupstream = \"demo\"\nauth = false\n");
+        let extra = format!("{ECHO}{BYTES}");
         let gw = start(&config(&extra, &temp_db("h7"))).await;
         let n = 150_000usize;
         for (version, chunked) in [("1.1", true), ("1.0", false)] {
