@@ -1375,7 +1375,14 @@ mod operations {
         // 32 MiB, more than the sockets between here and the gateway hold: the gateway
         // must wait for this client to read.
         let get = b"GET /v1/bytes?n=33554432 HTTP/1.1\r\nHost: x\r\n\r\n";
-        let read_all = |mut conn: tokio::net::TcpStream| async move {
+        // Asks for the body, reads nothing for `pause`, then reads until the body is whole
+        // or the connection ends.
+        let fetch_after = |pause: Duration| async move {
+            let mut conn = tokio::net::TcpStream::connect(gw.addr)
+                .await
+                .expect("connect");
+            conn.write_all(get).await.expect("write");
+            tokio::time::sleep(pause).await;
             let mut got = Vec::new();
             let mut buf = vec![0u8; 1 << 16];
             let ended = tokio::time::timeout(Duration::from_secs(10), async {
@@ -1391,36 +1398,21 @@ mod operations {
             })
             .await;
             assert!(ended.is_ok(), "the connection neither ended nor finished");
+            assert!(
+                got.starts_with(b"HTTP/1.1 200"),
+                "{:?}",
+                &got[..got.len().min(200)]
+            );
             got
         };
         // A client that pauses for less than the timeout, once, gets the whole body, though
         // the response takes longer than the timeout: the timeout is per wait, not per
         // response.
-        let mut conn = tokio::net::TcpStream::connect(gw.addr)
-            .await
-            .expect("connect");
-        conn.write_all(get).await.expect("write");
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        let got = read_all(conn).await;
-        assert!(
-            got.starts_with(b"HTTP/1.1 200"),
-            "{:?}",
-            &got[..got.len().min(200)]
-        );
+        let got = fetch_after(Duration::from_millis(150)).await;
         assert!(got.ends_with(b"\r\n0\r\n\r\n"), "the whole body arrived");
         // A client that stops reading for longer is cut off: when it reads again, the
         // connection ends short of the body.
-        let mut conn = tokio::net::TcpStream::connect(gw.addr)
-            .await
-            .expect("connect");
-        conn.write_all(get).await.expect("write");
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let got = read_all(conn).await;
-        assert!(
-            got.starts_with(b"HTTP/1.1 200"),
-            "{:?}",
-            &got[..got.len().min(200)]
-        );
+        let got = fetch_after(Duration::from_millis(1500)).await;
         assert!(
             got.len() < 33_554_432 && !got.ends_with(b"\r\n0\r\n\r\n"),
             "the connection was closed part-way ({} bytes arrived)",
