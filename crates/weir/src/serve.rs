@@ -21,6 +21,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     init_logging();
+    raise_open_files_limit(config.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -33,6 +34,28 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the soft limit on open files to the hard limit, as Go's runtime does for every
+/// server: each client connection and each pooled upstream connection is a descriptor, and
+/// the usual soft limit of 1024 would stop weir at about 500 clients, far below
+/// `server.max_connections`. Says so when even the hard limit is too low.
+fn raise_open_files_limit(max_connections: usize) {
+    // Two descriptors per connection (the client's and a pooled upstream one), plus room
+    // for the listeners, the idempotency database and the Redis connections.
+    let needed = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        .saturating_add(64);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            "the open-files limit is below what server.max_connections needs; raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower max_connections"
+        ),
+        Ok(limit) => tracing::info!(limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
 }
 
 fn init_logging() {

@@ -185,6 +185,43 @@ fn serve_logs_reloads_on_sighup_and_drains_on_sigterm() {
     assert!(logs.contains("reload refused"), "{logs}");
 }
 
+/// The soft and hard open-files limits of a running process, from `/proc`.
+fn open_files_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("/proc limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut values = line.trim_start_matches("Max open files").split_whitespace();
+    (
+        values.next().unwrap_or_default().to_owned(),
+        values.next().unwrap_or_default().to_owned(),
+    )
+}
+
+#[test]
+fn serve_raises_its_open_files_soft_limit_to_the_hard_limit() {
+    let dir = std::env::temp_dir().join(format!("weir-nofile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (port, admin) = (free_port(), free_port());
+    let file = dir.join("weir.toml");
+    std::fs::write(&file, config(port, admin, 10, &dir)).expect("write");
+    // Started with a soft limit of 256 (the shell execs weir, so the pid is weir's).
+    let child = Command::new("sh")
+        .args(["-c", "ulimit -Sn 256 && exec \"$0\" serve --config \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_weir"))
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let proc = Proc(child);
+    wait_listening(port);
+    let (soft, hard) = open_files_limits(proc.0.id());
+    assert_eq!(soft, hard, "soft {soft}, hard {hard}");
+    assert_ne!(soft, "256");
+}
+
 #[test]
 fn bad_config_is_reported_before_listening() {
     let dir = std::env::temp_dir().join(format!("weir-badcfg-{}", std::process::id()));
