@@ -228,6 +228,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, settings: Settings) {
                 // The access log already has the request's line: this says why the
                 // response it records did not reach the client whole.
                 tracing::info!(request_id = %stamp.request_id(), error = %e, "client stopped reading; connection closed");
+                metrics::counter!("weir_client_write_timeouts_total").increment(1);
                 return;
             }
             Err(e) => {

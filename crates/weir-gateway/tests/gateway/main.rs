@@ -1418,6 +1418,9 @@ mod operations {
             "the connection was closed part-way ({} bytes arrived)",
             got.len()
         );
+        // Counted for the operator (the registry is shared with the other tests here).
+        let m = gw.metrics().await;
+        assert!(m.contains("weir_client_write_timeouts_total"), "{m}");
     }
 
     #[tokio::test]
