@@ -355,11 +355,12 @@ impl Worker {
     /// Serves one connection on this worker; `slot` counts it until it ends.
     fn serve(&self, stream: TcpStream, peer: SocketAddr, slot: Slot) {
         let _ = stream.set_nodelay(true);
+        // Read per connection, so a reload applies to new connections.
+        let config = &self.gateway.runtime().config;
         let settings = crate::h1::Settings {
             gateway: self.gateway.clone(),
-            // Read per connection, so a reload applies to new connections.
-            header_timeout: self.gateway.runtime().config.header_read_timeout,
-            write_timeout: self.gateway.runtime().config.response_write_timeout,
+            header_timeout: config.header_read_timeout,
+            write_timeout: config.response_write_timeout,
             drain: self.drain.subscribe(),
             wake: self.wake.clone(),
         };
