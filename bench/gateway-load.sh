@@ -11,9 +11,15 @@
 #       nginx is asked to put the same bytes on the wire.
 # The goal (issue 5) is judged on (2) against (3), weir's defaults against bare limit_req.
 # The upstream is nginx returning a small JSON body. Needs: nginx, wrk (Debian packages
-# nginx-light or nginx, and wrk). Usage: bench/gateway-load.sh [seconds] [connections] [rounds]
+# nginx-light or nginx, and wrk).
+# Usage: bench/gateway-load.sh [seconds] [connections] [rounds] [pairs] [pair-seconds]
 # Each round measures the five setups back to back; the table shows every round and the
 # medians, and the ratio is of the medians (one round on a small shared machine is noisy).
+# Then the goal's two setups, (2) and (3), are measured in `pairs` short pairs (default 20 of
+# 3 s each), back to back in alternating order (weir first, then nginx first): a shared
+# machine's speed drifts by more than the difference being measured over a round of ten-second
+# runs, and two runs a few seconds apart see the same machine. The goal's figure is the
+# median of the pairs' ratios, shown with its quartiles and how many pairs reached 1.0.
 # Beside throughput, each row has the CPU time (user + system, from /proc) spent per request
 # by the proxy, by the upstream and by the whole machine: it explains the throughput, and
 # it moves less than throughput from run to run.
@@ -22,6 +28,8 @@ cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
 CONNS="${2:-64}"
 ROUNDS="${3:-3}"
+PAIRS="${4:-20}"
+PAIR_SECS="${5:-3}"
 command -v nginx >/dev/null || { echo "needs nginx (apt-get install nginx-light)"; exit 2; }
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 2; }
 cargo build --release -q -p weir
@@ -162,10 +170,23 @@ for r in $(seq "$ROUNDS"); do
   rows+=("$(run "weir, no identity fields -> upstream" "http://127.0.0.1:$LEAN/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/weir-lean.pid")")|$r")
   rows+=("$(run "nginx, same limits and fields -> upstream" "http://127.0.0.1:$NGF/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/ngf-master.pid")")|$r")
 done
+# The alternating pairs: weir's and nginx's requests/s, each pair measured back to back.
+rps_of() { wrk -t2 -c"$CONNS" -d"${PAIR_SECS}s" -H "$2" "$1" | awk '/^Requests\/sec/ {print $2}'; }
+pairs=()
+for i in $(seq "$PAIRS"); do
+  if (( i % 2 )); then
+    a=$(rps_of "http://127.0.0.1:$WEIR/v1/x" "Authorization: Bearer bench-key")
+    b=$(rps_of "http://127.0.0.1:$NG/v1/x" "X-Bench: 1")
+  else
+    b=$(rps_of "http://127.0.0.1:$NG/v1/x" "X-Bench: 1")
+    a=$(rps_of "http://127.0.0.1:$WEIR/v1/x" "Authorization: Bearer bench-key")
+  fi
+  pairs+=("$a $b")
+done
 curl -s -D - -o /dev/null -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" | grep -iE '^(x-ratelimit|ratelimit|x-request-id)' > "$WORK/headers.txt" || true
 curl -s -D - -o /dev/null -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$NGF/v1/x" | grep -iE '^(x-ratelimit|ratelimit|x-request-id)' > "$WORK/headers-ngf.txt" || true
 
-echo "wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS rounds, $(nproc) cores; weir checks 3 limits (org plan, IP, user) and sends X-RateLimit-*, RateLimit, RateLimit-Policy, X-Request-Id on every response"
+echo "wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS rounds, then $PAIRS alternating pairs of ${PAIR_SECS}s, $(nproc) cores; weir checks 3 limits (org plan, IP, user) and sends X-RateLimit-*, RateLimit, RateLimit-Policy, X-Request-Id on every response"
 echo
 echo "CPU columns: µs of CPU (user + system) per request, of the proxy, of the upstream, and of the whole machine (wrk included)."
 echo
@@ -193,8 +214,15 @@ per_round() {
 }
 echo
 echo "medians: upstream directly $ud, weir $wr, nginx $nr, weir without identity fields $lr, nginx with the same limits and fields $fr requests/s"
-echo "weir / nginx throughput (medians): $(python3 -c "print(f'{$wr/$nr:.2f}x')")"
+echo "weir / nginx throughput (medians of the rounds): $(python3 -c "print(f'{$wr/$nr:.2f}x')")"
 echo "weir / nginx round by round, sorted: $(per_round "weir -> upstream" "nginx limit_req -> upstream")"
+printf '%s\n' "${pairs[@]}" | python3 -c "
+import sys, statistics
+r = sorted(float(a) / float(b) for a, b in (l.split() for l in sys.stdin if l.strip()))
+q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+print(f'weir / nginx, {len(r)} alternating pairs of ${PAIR_SECS} s (the goal): median {statistics.median(r):.3f}x, '
+      f'quartiles {q[0]:.3f}-{q[2]:.3f}, {sum(x >= 1 for x in r)} of {len(r)} pairs at 1.0x or more')
+print('  pairs, sorted: ' + ' '.join(f'{x:.3f}' for x in r))"
 echo "for reference, weir without identity fields / nginx: $(python3 -c "print(f'{$lr/$nr:.2f}x')")"
 echo "for reference, weir / nginx with the same limits and fields: $(python3 -c "print(f'{$wr/$fr:.2f}x')") (round by round: $(per_round "weir -> upstream" "nginx, same limits and fields -> upstream"))"
 echo "proxy CPU per request (medians): weir $(cpu_of "weir -> upstream") µs, nginx $(cpu_of "nginx limit_req -> upstream") µs, weir without identity fields $(cpu_of "weir, no identity fields -> upstream") µs, nginx with the same limits and fields $(cpu_of "nginx, same limits and fields -> upstream") µs"
