@@ -8,7 +8,9 @@
 #       per user, the identity looked up from the key with `map`, 401 without it), the same
 #       eight fields to the upstream and the same six fields to the client (the rate-limit
 #       values fixed, as nginx has no counters to report): what weir's contract costs when
-#       nginx is asked to put the same bytes on the wire.
+#       nginx is asked to put the same bytes on the wire;
+#   (6) the upstream directly, sent the eight fields weir adds to every request it forwards
+#       (the same names and values, set by wrk): what those fields cost the upstream.
 # The goal (issue 5) is judged on (2) against (3), weir's defaults against bare limit_req.
 # The upstream is nginx returning a small JSON body. Needs: nginx, wrk (Debian packages
 # nginx-light or nginx, and wrk).
@@ -21,8 +23,8 @@
 # runs, and two runs a few seconds apart see the same machine. The goal's figure is the
 # median of the pairs' ratios, shown with its quartiles and how many pairs reached 1.0.
 # Beside throughput, each row has the CPU time (user + system, from /proc) spent per request
-# by the proxy, by the upstream and by the whole machine: it explains the throughput, and
-# it moves less than throughput from run to run.
+# by the proxy, by the upstream, by the client (wrk) and by the whole machine: it explains
+# the throughput, and it moves less than throughput from run to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
@@ -127,6 +129,17 @@ CONF
 sed -e "s/127.0.0.1:$WEIR\"/127.0.0.1:$LEAN\"/; s/127.0.0.1:$ADMIN\"/127.0.0.1:$LEAN_ADMIN\"/" \
   -e 's/^\[upstreams.up\]$/[server.identity_headers]\nkey_id = ""\nuser = ""\norganisation = ""\nplan = ""\n[upstreams.up]/' \
   "$WORK/weir.toml" > "$WORK/weir-lean.toml"
+# (6): the fields weir adds to a forwarded request, as the upstream receives them.
+cat > "$WORK/fields.lua" <<'LUA'
+wrk.headers["x-weir-key-id"] = "bench"
+wrk.headers["x-weir-user"] = "bench-user"
+wrk.headers["x-weir-organisation"] = "bench-org"
+wrk.headers["x-weir-plan"] = "bench"
+wrk.headers["x-request-id"] = "08c0be4b-9b89-4924-8cab-08cc47265f50"
+wrk.headers["traceparent"] = "00-5131d679fc70fb1f9880d26213323fb3-9485a21b91bece60-01"
+wrk.headers["x-forwarded-for"] = "127.0.0.1"
+wrk.headers["x-forwarded-proto"] = "http"
+LUA
 nginx -c "$WORK/up/nginx.conf" -p "$WORK/up" & echo $! > "$WORK/up-master.pid"
 nginx -c "$WORK/ng/nginx.conf" -p "$WORK/ng" & echo $! > "$WORK/ng-master.pid"
 nginx -c "$WORK/ngf/nginx.conf" -p "$WORK/ngf" & echo $! > "$WORK/ngf-master.pid"
@@ -145,10 +158,12 @@ ticks() {
 busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 HZ=$(getconf CLK_TCK)
 per_req() { python3 -c "print(f'{$1 / $HZ / $2 * 1e6:.1f}')"; }
-run() { # name url extra-header proxy-pid (empty for the upstream itself)
-  local p0 u0 m0 out p1 u1 m1
+run() { # name url extra-header proxy-pid (empty for the upstream itself) [wrk script]
+  local p0 u0 m0 out p1 u1 m1 script=()
+  [ -n "${5:-}" ] && script=(-s "$5")
   p0=$(ticks $4); u0=$(ticks "$(cat "$WORK/up-master.pid")"); m0=$(busy)
-  out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -H "$3" "$2")
+  # `times` after wrk: the CPU time of the subshell's children, i.e. of wrk.
+  out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "${script[@]}" -H "$3" "$2"; times)
   p1=$(ticks $4); u1=$(ticks "$(cat "$WORK/up-master.pid")"); m1=$(busy)
   local rps p50 p99 non2xx n
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
@@ -157,7 +172,9 @@ run() { # name url extra-header proxy-pid (empty for the upstream itself)
   non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out"); non2xx=${non2xx:-0}
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   local proxy="-"; [ -n "$4" ] && proxy=$(per_req $((p1 - p0)) "$n")
-  echo "$1|$rps|$p50|$p99|$non2xx|$proxy|$(per_req $((u1 - u0)) "$n")|$(per_req $((m1 - m0)) "$n")"
+  local client
+  client=$(tail -n1 <<<"$out" | awk -v n="$n" '{t = 0; for (i = 1; i <= 2; i++) {split($i, a, /[ms]/); t += a[1] * 60 + a[2]} printf "%.1f", t / n * 1e6}')
+  echo "$1|$rps|$p50|$p99|$non2xx|$proxy|$(per_req $((u1 - u0)) "$n")|$client|$(per_req $((m1 - m0)) "$n")"
 }
 # Warm-up, then ROUNDS rounds of the three measurements back to back.
 wrk -t1 -c8 -d2s -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" >/dev/null
@@ -169,6 +186,7 @@ for r in $(seq "$ROUNDS"); do
   rows+=("$(run "nginx limit_req -> upstream" "http://127.0.0.1:$NG/v1/x" "X-Bench: 1" "$(cat "$WORK/ng-master.pid")")|$r")
   rows+=("$(run "weir, no identity fields -> upstream" "http://127.0.0.1:$LEAN/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/weir-lean.pid")")|$r")
   rows+=("$(run "nginx, same limits and fields -> upstream" "http://127.0.0.1:$NGF/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/ngf-master.pid")")|$r")
+  rows+=("$(run "upstream directly, sent weir's eight fields" "http://127.0.0.1:$UP/v1/x" "X-Bench: 1" "" "$WORK/fields.lua")|$r")
 done
 # The alternating pairs: weir's and nginx's requests/s, each pair measured back to back.
 rps_of() { wrk -t2 -c"$CONNS" -d"${PAIR_SECS}s" -H "$2" "$1" | awk '/^Requests\/sec/ {print $2}'; }
@@ -188,14 +206,16 @@ curl -s -D - -o /dev/null -H 'Authorization: Bearer bench-key' "http://127.0.0.1
 
 echo "wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS rounds, then $PAIRS alternating pairs of ${PAIR_SECS}s, $(nproc) cores; weir checks 3 limits (org plan, IP, user) and sends X-RateLimit-*, RateLimit, RateLimit-Policy, X-Request-Id on every response"
 echo
-echo "CPU columns: µs of CPU (user + system) per request, of the proxy, of the upstream, and of the whole machine (wrk included)."
+echo "CPU columns: µs of CPU (user + system) per request, of the proxy, of the upstream, of the client (wrk) and of the whole machine."
 echo
-echo "| round | setup | requests/s | p50 | p99 | non-2xx | proxy CPU | upstream CPU | machine CPU |"
-echo "|---|---|---|---|---|---|---|---|---|"
-for row in "${rows[@]}"; do IFS='|' read -r n rps a b x pc uc mc round <<<"$row"; echo "| $round | $n | $rps | $a | $b | $x | $pc | $uc | $mc |"; done
+echo "| round | setup | requests/s | p50 | p99 | non-2xx | proxy CPU | upstream CPU | client CPU | machine CPU |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+for row in "${rows[@]}"; do IFS='|' read -r n rps a b x pc uc cc mc round <<<"$row"; echo "| $round | $n | $rps | $a | $b | $x | $pc | $uc | $cc | $mc |"; done
 median() { sort -n | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
 med_of() { for row in "${rows[@]}"; do IFS='|' read -r n rps _ <<<"$row"; if [ "$n" = "$1" ]; then echo "$rps"; fi; done | median; }
 cpu_of() { for row in "${rows[@]}"; do IFS='|' read -r n _ _ _ _ pc _ <<<"$row"; if [ "$n" = "$1" ]; then echo "$pc"; fi; done | median; }
+up_cpu_of() { for row in "${rows[@]}"; do IFS='|' read -r n _ _ _ _ _ uc _ <<<"$row"; if [ "$n" = "$1" ]; then echo "$uc"; fi; done | median; }
+client_cpu_of() { for row in "${rows[@]}"; do IFS='|' read -r n _ _ _ _ _ _ cc _ <<<"$row"; if [ "$n" = "$1" ]; then echo "$cc"; fi; done | median; }
 ud=$(med_of "upstream directly"); wr=$(med_of "weir -> upstream"); nr=$(med_of "nginx limit_req -> upstream")
 lr=$(med_of "weir, no identity fields -> upstream"); fr=$(med_of "nginx, same limits and fields -> upstream")
 # The ratio of two setups round by round (measured back to back in each), sorted: its spread
@@ -204,7 +224,7 @@ per_round() {
   for r in $(seq "$ROUNDS"); do
     local a="" b="" n rps round
     for row in "${rows[@]}"; do
-      IFS='|' read -r n rps _ _ _ _ _ _ round <<<"$row"
+      IFS='|' read -r n rps _ _ _ _ _ _ _ round <<<"$row"
       [ "$round" = "$r" ] || continue
       [ "$n" = "$1" ] && a=$rps
       [ "$n" = "$2" ] && b=$rps
@@ -226,5 +246,7 @@ print('  pairs, sorted: ' + ' '.join(f'{x:.3f}' for x in r))"
 echo "for reference, weir without identity fields / nginx: $(python3 -c "print(f'{$lr/$nr:.2f}x')")"
 echo "for reference, weir / nginx with the same limits and fields: $(python3 -c "print(f'{$wr/$fr:.2f}x')") (round by round: $(per_round "weir -> upstream" "nginx, same limits and fields -> upstream"))"
 echo "proxy CPU per request (medians): weir $(cpu_of "weir -> upstream") µs, nginx $(cpu_of "nginx limit_req -> upstream") µs, weir without identity fields $(cpu_of "weir, no identity fields -> upstream") µs, nginx with the same limits and fields $(cpu_of "nginx, same limits and fields -> upstream") µs"
+echo "upstream CPU per request (medians): sent as wrk sends it $(up_cpu_of "upstream directly") µs, sent weir's eight fields $(up_cpu_of "upstream directly, sent weir's eight fields") µs; behind weir $(up_cpu_of "weir -> upstream") µs, behind nginx $(up_cpu_of "nginx limit_req -> upstream") µs"
+echo "client (wrk) CPU per request (medians): against weir $(client_cpu_of "weir -> upstream") µs, against nginx $(client_cpu_of "nginx limit_req -> upstream") µs"
 echo "headers weir sent:"; sed 's/^/    /' "$WORK/headers.txt"
 echo "headers nginx with the same limits and fields sent:"; sed 's/^/    /' "$WORK/headers-ngf.txt"
