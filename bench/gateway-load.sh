@@ -176,7 +176,7 @@ run() { # name url extra-header proxy-pid (empty for the upstream itself) [wrk s
   client=$(tail -n1 <<<"$out" | awk -v n="$n" '{t = 0; for (i = 1; i <= 2; i++) {split($i, a, /[ms]/); t += a[1] * 60 + a[2]} printf "%.1f", t / n * 1e6}')
   echo "$1|$rps|$p50|$p99|$non2xx|$proxy|$(per_req $((u1 - u0)) "$n")|$client|$(per_req $((m1 - m0)) "$n")"
 }
-# Warm-up, then ROUNDS rounds of the three measurements back to back.
+# Warm-up, then ROUNDS rounds of the six measurements back to back.
 wrk -t1 -c8 -d2s -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" >/dev/null
 wrk -t1 -c8 -d2s -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$LEAN/v1/x" >/dev/null
 rows=()
