@@ -8,6 +8,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::SizeHint;
 
 /// Appends one `name: value` field line (room for it made once, not by each part).
+/// Inlined: most names are constants, and the copies of constant pieces then need no
+/// call to `memcpy` each.
+#[inline(always)]
 pub(crate) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.reserve(name.len() + value.len() + 4);
     out.extend_from_slice(name);
@@ -159,26 +162,30 @@ impl Spans {
         self.0.len()
     }
 
-    /// The fields, read from `head` (the frozen head the spans were taken in); an error
-    /// for a name or value `http` does not accept.
+    /// The fields of a request head, read from `head` (the frozen head the spans were
+    /// taken in); an error for a name or value `http` does not accept.
     pub(crate) fn fields<'a>(
         &'a self,
         head: &'a Bytes,
     ) -> impl Iterator<Item = Result<(HeaderName, HeaderValue), httparse::Error>> + 'a {
-        self.raw(head).map(move |f| f.typed(head))
+        self.raw(head).map(move |f| f.typed(head, Side::Request))
     }
 
     /// The fields as the bytes received, for a reader that looks at some before it builds
     /// any map.
     pub(crate) fn raw<'a>(&'a self, head: &'a Bytes) -> impl Iterator<Item = RawField<'a>> + 'a {
-        self.0.iter().map(move |&[ns, ne, vs, ve]| {
-            let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
-            RawField {
-                name: head.get(ns..ne).unwrap_or_default(),
-                value: head.get(vs..ve).unwrap_or_default(),
-                value_at: (vs, ve),
-            }
-        })
+        self.0
+            .iter()
+            .enumerate()
+            .map(move |(index, &[ns, ne, vs, ve])| {
+                let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
+                RawField {
+                    name: head.get(ns..ne).unwrap_or_default(),
+                    value: head.get(vs..ve).unwrap_or_default(),
+                    value_at: (vs, ve),
+                    index,
+                }
+            })
     }
 }
 
@@ -190,13 +197,19 @@ pub(crate) struct RawField<'a> {
     pub(crate) value: &'a [u8],
     /// Where the value lies in the head, so a typed value can share the head's memory.
     value_at: (usize, usize),
+    /// Its place among the head's fields (0 for the first).
+    index: usize,
 }
 
 impl RawField<'_> {
-    /// The field as a typed name and a value sharing `head` (the head it was read from);
-    /// an error for a name or value `http` does not accept.
-    pub(crate) fn typed(&self, head: &Bytes) -> Result<(HeaderName, HeaderValue), httparse::Error> {
-        let name = HeaderName::from_bytes(self.name).map_err(|_| httparse::Error::HeaderName)?;
+    /// The field as a typed name and a value sharing `head` (the head it was read from, a
+    /// `side` head); an error for a name or value `http` does not accept.
+    pub(crate) fn typed(
+        &self,
+        head: &Bytes,
+        side: Side,
+    ) -> Result<(HeaderName, HeaderValue), httparse::Error> {
+        let name = header_name(side, self.index, self.name).ok_or(httparse::Error::HeaderName)?;
         let (start, end) = self.value_at;
         if start > end || end > head.len() {
             return Err(httparse::Error::HeaderValue);
@@ -205,6 +218,71 @@ impl RawField<'_> {
             .map_err(|_| httparse::Error::HeaderValue)?;
         Ok((name, value))
     }
+}
+
+/// Which kind of head a field comes from: request heads and response heads each have their
+/// own remembered names (see [`header_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// A client's request.
+    Request,
+    /// An upstream's response.
+    Response,
+}
+
+/// The typed name of the field at `index` of a `side` head, sent as `raw`; `None` for a name
+/// `http` does not accept.
+///
+/// The heads one thread reads are alike: a client sends the same fields in the same order
+/// on every request of its connection, and an upstream answers with the same fields in the
+/// same order. So each thread remembers, per side and per place in the head, the last name
+/// it typed there, as received, and the typed name; a name sent exactly as last time at the
+/// same place is the remembered one, and is not looked up among the standard names, or
+/// lower-cased and copied, again. Anything else is typed as usual and remembered in its
+/// place. What is remembered is bounded: the first [`NAME_SLOTS`] places, names up to
+/// [`NAME_BYTES`] long, in fixed slots (no allocation when a slot changes hands).
+fn header_name(side: Side, index: usize, raw: &[u8]) -> Option<HeaderName> {
+    if index >= NAME_SLOTS || raw.len() > NAME_BYTES {
+        return HeaderName::from_bytes(raw).ok();
+    }
+    let typed = NAMES.try_with(|names| {
+        let mut names = names.borrow_mut();
+        let slot = names
+            .get_mut(side as usize)
+            .and_then(|slots| slots.get_mut(index))?;
+        if let Some(known) = slot {
+            if known.raw.get(..known.len) == Some(raw) {
+                return Some(known.name.clone());
+            }
+        }
+        let name = HeaderName::from_bytes(raw).ok()?;
+        let mut copy = [0u8; NAME_BYTES];
+        copy.get_mut(..raw.len())?.copy_from_slice(raw);
+        *slot = Some(NameSlot {
+            len: raw.len(),
+            raw: copy,
+            name: name.clone(),
+        });
+        Some(name)
+    });
+    // At thread exit the slots may be gone: the name is then typed as usual.
+    typed.unwrap_or_else(|_| HeaderName::from_bytes(raw).ok())
+}
+
+/// A name as received, and as typed.
+struct NameSlot {
+    len: usize,
+    raw: [u8; NAME_BYTES],
+    name: HeaderName,
+}
+
+/// How many places of a head have a remembered name, and how long a remembered name may be.
+const NAME_SLOTS: usize = 16;
+const NAME_BYTES: usize = 32;
+
+thread_local! {
+    static NAMES: std::cell::RefCell<[[Option<NameSlot>; NAME_SLOTS]; 2]> =
+        std::cell::RefCell::new(std::array::from_fn(|_| std::array::from_fn(|_| None)));
 }
 
 /// A field map with room for `fields` fields, from this thread's spares when it has one.
@@ -273,6 +351,7 @@ pub(crate) fn may_end(buf: &[u8], seen: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
     use proptest::prelude::*;
 
     #[test]
@@ -358,7 +437,69 @@ mod tests {
         assert_eq!(Remaining::Length(7).size_hint().exact(), Some(7));
     }
 
+    #[test]
+    fn a_remembered_name_is_the_name_sent_at_that_place() {
+        // Names are remembered per side and per place: a different name at a remembered
+        // place, a name in another case, or the same bytes on the other side are each
+        // typed afresh, never confused with what was remembered.
+        assert_eq!(header_name(Side::Request, 0, b"Host"), Some(header::HOST));
+        assert_eq!(
+            header_name(Side::Request, 0, b"Host"),
+            Some(header::HOST),
+            "remembered"
+        );
+        assert_eq!(
+            header_name(Side::Request, 0, b"X-Custom"),
+            HeaderName::from_bytes(b"x-custom").ok()
+        );
+        assert_eq!(header_name(Side::Response, 0, b"Host"), Some(header::HOST));
+        assert_eq!(
+            header_name(Side::Request, 0, b"X-Custom"),
+            HeaderName::from_bytes(b"x-custom").ok()
+        );
+        // An invalid name is refused, at a remembered place or not, and leaves nothing
+        // behind.
+        assert_eq!(header_name(Side::Request, 0, b"bad name"), None);
+        assert_eq!(header_name(Side::Request, 0, b"bad name"), None);
+        assert_eq!(header_name(Side::Request, NAME_SLOTS, b"bad name"), None);
+        // Past the remembered places, and past the longest remembered name: typed as usual.
+        assert_eq!(
+            header_name(Side::Response, NAME_SLOTS + 3, b"Content-Type"),
+            Some(header::CONTENT_TYPE)
+        );
+        let long = [b'x'; NAME_BYTES + 1];
+        assert_eq!(
+            header_name(Side::Response, 1, &long),
+            HeaderName::from_bytes(&long).ok()
+        );
+    }
+
     proptest! {
+        /// However names follow one another at whatever places, a name is what
+        /// `HeaderName::from_bytes` makes of it (the reference: no memory at all).
+        #[test]
+        fn remembered_names_match_the_reference(
+            sent in proptest::collection::vec(
+                (any::<bool>(), 0usize..NAME_SLOTS + 2,
+                 prop_oneof![
+                     Just("Host".to_owned()), Just("host".to_owned()),
+                     Just("Content-Type".to_owned()), Just("X-Weir-Key-Id".to_owned()),
+                     Just("bad name".to_owned()), Just(String::new()),
+                     "[!-~]{1,40}",
+                 ]),
+                1..64,
+            )
+        ) {
+            for (response, index, name) in sent {
+                let side = if response { Side::Response } else { Side::Request };
+                prop_assert_eq!(
+                    header_name(side, index, name.as_bytes()),
+                    HeaderName::from_bytes(name.as_bytes()).ok(),
+                    "{:?} at {}", name, index
+                );
+            }
+        }
+
         /// A chunk's size line is the length in hex, as any HTTP parser reads it back.
         #[test]
         fn chunk_sizes_are_hex(len in 1usize..usize::MAX) {

@@ -138,7 +138,9 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
             controls.content_length(field.value);
             continue;
         }
-        let (name, value) = field.typed(&head).map_err(ProtocolError::Head)?;
+        let (name, value) = field
+            .typed(&head, crate::wire::Side::Response)
+            .map_err(ProtocolError::Head)?;
         headers.append(name, value);
     }
     if controls.lists_fields {
