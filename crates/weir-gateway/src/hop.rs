@@ -64,6 +64,16 @@ impl ConnectionOptions {
 
     /// Adds the options another value lists.
     pub(crate) fn note(&mut self, value: &[u8]) {
+        // The usual values, one option alone, are read whole rather than split (an
+        // upstream's every response says `keep-alive`).
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+            return;
+        }
+        if value.eq_ignore_ascii_case(b"close") {
+            self.close = true;
+            return;
+        }
         for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
             self.close |= token.eq_ignore_ascii_case(b"close");
             self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
@@ -193,6 +203,39 @@ mod tests {
         strip(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-kept"]);
+    }
+
+    proptest::proptest! {
+        /// Whatever a list of options looks like, `note` reads what splitting it into
+        /// trimmed tokens reads (the reference), the whole-value shortcuts included.
+        #[test]
+        fn options_are_read_as_the_token_list_says(
+            values in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::prop_oneof![
+                        proptest::strategy::Just("close"), proptest::strategy::Just("Close"),
+                        proptest::strategy::Just("keep-alive"),
+                        proptest::strategy::Just("KEEP-ALIVE"), proptest::strategy::Just("x-a"),
+                        proptest::strategy::Just(" "), proptest::strategy::Just(","),
+                        proptest::strategy::Just("closed"), proptest::strategy::Just(""),
+                    ],
+                    0..5,
+                ),
+                1..3,
+            )
+        ) {
+            let mut options = ConnectionOptions::default();
+            let mut reference = ConnectionOptions::default();
+            for parts in &values {
+                let value = parts.concat();
+                options.note(value.as_bytes());
+                for token in value.split(',').map(str::trim) {
+                    reference.close |= token.eq_ignore_ascii_case("close");
+                    reference.keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+                }
+            }
+            proptest::prop_assert_eq!(options, reference, "{:?}", values);
+        }
     }
 
     #[test]

@@ -208,7 +208,9 @@ impl Controls {
         match index {
             crate::hop::CONNECTION_AT => {
                 self.connection.note(value);
-                self.lists_fields |= crate::hop::listed(value).next().is_some();
+                // `keep-alive` alone, the usual value, lists no other field.
+                self.lists_fields |= !value.eq_ignore_ascii_case(b"keep-alive")
+                    && crate::hop::listed(value).next().is_some();
             }
             // A line with no coding leaves the last one as it was.
             crate::hop::TRANSFER_ENCODING_AT => {
