@@ -601,10 +601,11 @@ impl Gateway {
             .then(|| req.uri().path().to_owned());
         // The pipeline, with the body in a slot it takes the body from: a body left there
         // (a request refused before its body was read) is drained in the background.
-        let (parts, body) = req.into_parts();
+        // The head is lent down the pipeline, not moved into each step's future.
+        let (mut parts, body) = req.into_parts();
         let mut slot = Some(body);
         let result = self
-            .pipeline(&view, &mut ctx, parts, &mut slot, peer, accept_problem)
+            .pipeline(&view, &mut ctx, &mut parts, &mut slot, peer, accept_problem)
             .await;
         if let Some(unread) = slot.take().filter(|_| result.is_err()) {
             linger(unread);
@@ -724,7 +725,7 @@ impl Gateway {
         &self,
         rt: &'r View,
         ctx: &mut Ctx<'r>,
-        mut parts: http::request::Parts,
+        parts: &mut http::request::Parts,
         body: &mut Option<Body>,
         peer: SocketAddr,
         accept_problem: bool,
@@ -832,7 +833,7 @@ impl Gateway {
         }
 
         // 4. Cheap validation from headers, 5. the body.
-        let validated = self.validate(rt, route, &parts, declared, body).await;
+        let validated = self.validate(rt, route, parts, declared, body).await;
         let (body, cost) = match validated {
             Ok(v) => {
                 if matches!(v.0, ReqBody::Buffered(_)) {
@@ -1047,7 +1048,7 @@ impl Gateway {
         ctx: &mut Ctx<'_>,
         route: &RouteConfig,
         key: Option<&ApiKey>,
-        mut parts: http::request::Parts,
+        parts: &mut http::request::Parts,
         body: ReqBody,
         peer: HeaderValue,
         peer_ip: IpAddr,
@@ -1143,13 +1144,12 @@ impl Gateway {
             ReqBody::Buffered(b) => Body::from(b),
             ReqBody::Streaming(b) => b,
         };
-        let out = Request::from_parts(parts, body);
         let pool = &rt.pool;
         // The upstream answers (the head) within its timeout, and then never pauses longer
         // than that between two parts of the body.
         let sent = crate::deadline::within(
             (started + upstream.timeout).into(),
-            pool.send_rewritten(out, &rewrite, upstream.timeout, started),
+            pool.send_rewritten(parts, body, &rewrite, upstream.timeout, started),
         )
         .await;
         let answered = Instant::now();

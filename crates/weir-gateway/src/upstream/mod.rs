@@ -256,7 +256,12 @@ impl UpstreamPool {
         &self,
         req: Request<Body>,
     ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + '_ {
-        self.send_inner(req, &Rewrite::NONE, None, Instant::now())
+        let now = Instant::now();
+        async move {
+            let (mut parts, body) = req.into_parts();
+            self.send_inner(&mut parts, body, &Rewrite::NONE, None, now)
+                .await
+        }
     }
 
     /// As [`send`](Self::send), and the body ends with [`BodyError::Stalled`] (closing the
@@ -266,32 +271,41 @@ impl UpstreamPool {
         req: Request<Body>,
         body_stall: Duration,
     ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + '_ {
-        self.send_inner(req, &Rewrite::NONE, Some(body_stall), Instant::now())
+        let now = Instant::now();
+        async move {
+            let (mut parts, body) = req.into_parts();
+            self.send_inner(&mut parts, body, &Rewrite::NONE, Some(body_stall), now)
+                .await
+        }
     }
 
-    /// As [`send_bounded`](Self::send_bounded), with `rewrite` applied to the request's
-    /// fields as they are written. `now` is a clock reading the caller took as the exchange
-    /// began: the pool judges idle connections by it instead of reading the clock again.
-    // Not `async` itself: the wrappers return `send_inner`'s future as it is, so a request
-    // does not pay for copying one future into another (futures are moved by value).
+    /// As [`send_bounded`](Self::send_bounded), for the request `parts` with `body`, with
+    /// `rewrite` applied to the request's fields as they are written. `now` is a clock
+    /// reading the caller took as the exchange began: the pool judges idle connections by
+    /// it instead of reading the clock again. The request's head is borrowed, not taken: a
+    /// proxy's request head (224 bytes) is then not moved into another request and another
+    /// future on its way out; its fields are taken (the map is reused for a later head).
+    // Not `async` itself: this returns `send_inner`'s future as it is, so a request does
+    // not pay for copying one future into another (futures are moved by value).
     pub fn send_rewritten<'a>(
         &'a self,
-        req: Request<Body>,
+        parts: &'a mut http::request::Parts,
+        body: Body,
         rewrite: &'a Rewrite<'a>,
         body_stall: Duration,
         now: Instant,
     ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + 'a {
-        self.send_inner(req, rewrite, Some(body_stall), now)
+        self.send_inner(parts, body, rewrite, Some(body_stall), now)
     }
 
     async fn send_inner(
         &self,
-        req: Request<Body>,
+        parts: &mut http::request::Parts,
+        body: Body,
         rewrite: &Rewrite<'_>,
         stall: Option<Duration>,
         now: Instant,
     ) -> Result<Response<Body>, UpstreamError> {
-        let (mut parts, body) = req.into_parts();
         // Borrowed: a pooled exchange whose response comes whole needs no copy of it.
         let authority = match (parts.uri.scheme(), parts.uri.authority()) {
             (Some(s), Some(a)) if *s == Scheme::HTTP => a,
