@@ -140,21 +140,23 @@ impl Remaining {
 pub(crate) struct Spans(smallvec::SmallVec<[[u32; 4]; 24]>);
 
 impl Spans {
+    /// No spans, yet: [`Spans::fill`] puts them in place (filled where they stay rather
+    /// than returned, so their 392 bytes are not copied on the way out).
+    pub(crate) fn new() -> Spans {
+        Spans(smallvec::SmallVec::new())
+    }
+
     /// The spans of `fields`, parsed from the buffer starting at `base` (a head no longer
     /// than [`MAX_HEAD`]; were an offset past `u32`, its field would read as an error).
-    pub(crate) fn of(base: *const u8, fields: &[httparse::Header<'_>]) -> Spans {
+    pub(crate) fn fill(&mut self, base: *const u8, fields: &[httparse::Header<'_>]) {
         let base = base as usize;
         let at = |p: usize| u32::try_from(p).unwrap_or(u32::MAX);
-        Spans(
-            fields
-                .iter()
-                .map(|h| {
-                    let n = h.name.as_ptr() as usize - base;
-                    let v = h.value.as_ptr() as usize - base;
-                    [at(n), at(n + h.name.len()), at(v), at(v + h.value.len())]
-                })
-                .collect(),
-        )
+        self.0.clear();
+        self.0.extend(fields.iter().map(|h| {
+            let n = h.name.as_ptr() as usize - base;
+            let v = h.value.as_ptr() as usize - base;
+            [at(n), at(n + h.name.len()), at(v), at(v + h.value.len())]
+        }));
     }
 
     /// How many fields.

@@ -118,7 +118,8 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
     // buffer instead of being copied.
     let path = req.path.unwrap_or("");
     let target = (path.as_ptr() as usize - buf.as_ptr() as usize, path.len());
-    let spans = crate::wire::Spans::of(buf.as_ptr(), req.headers);
+    let mut spans = crate::wire::Spans::new();
+    spans.fill(buf.as_ptr(), req.headers);
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| HeadError::Target)?;

@@ -117,7 +117,8 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
     if code == 101 {
         return Err(ProtocolError::Status(101));
     }
-    let spans = crate::wire::Spans::of(buf.as_ptr(), parsed.headers);
+    let mut spans = crate::wire::Spans::new();
+    spans.fill(buf.as_ptr(), parsed.headers);
     let head = buf.split_to(len).freeze();
     if status.is_informational() {
         return Ok(Parsed::Interim);
