@@ -212,10 +212,13 @@ echo "| round | setup | requests/s | p50 | p99 | non-2xx | proxy CPU | upstream 
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for row in "${rows[@]}"; do IFS='|' read -r n rps a b x pc uc cc mc round <<<"$row"; echo "| $round | $n | $rps | $a | $b | $x | $pc | $uc | $cc | $mc |"; done
 median() { sort -n | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
-med_of() { for row in "${rows[@]}"; do IFS='|' read -r n rps _ <<<"$row"; if [ "$n" = "$1" ]; then echo "$rps"; fi; done | median; }
-cpu_of() { for row in "${rows[@]}"; do IFS='|' read -r n _ _ _ _ pc _ <<<"$row"; if [ "$n" = "$1" ]; then echo "$pc"; fi; done | median; }
-up_cpu_of() { for row in "${rows[@]}"; do IFS='|' read -r n _ _ _ _ _ uc _ <<<"$row"; if [ "$n" = "$1" ]; then echo "$uc"; fi; done | median; }
-client_cpu_of() { for row in "${rows[@]}"; do IFS='|' read -r n _ _ _ _ _ _ cc _ <<<"$row"; if [ "$n" = "$1" ]; then echo "$cc"; fi; done | median; }
+# The median over setup $1's rounds of column $2 of its rows
+# (0 name, 1 requests/s, 2 p50, 3 p99, 4 non-2xx, 5 proxy, 6 upstream, 7 client, 8 machine CPU).
+col_of() { for row in "${rows[@]}"; do IFS='|' read -r -a f <<<"$row"; if [ "${f[0]}" = "$1" ]; then echo "${f[$2]}"; fi; done | median; }
+med_of() { col_of "$1" 1; }
+cpu_of() { col_of "$1" 5; }
+up_cpu_of() { col_of "$1" 6; }
+client_cpu_of() { col_of "$1" 7; }
 ud=$(med_of "upstream directly"); wr=$(med_of "weir -> upstream"); nr=$(med_of "nginx limit_req -> upstream")
 lr=$(med_of "weir, no identity fields -> upstream"); fr=$(med_of "nginx, same limits and fields -> upstream")
 # The ratio of two setups round by round (measured back to back in each), sorted: its spread

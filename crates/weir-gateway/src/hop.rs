@@ -92,6 +92,13 @@ pub(crate) fn listed(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive"))
 }
 
+/// Whether a `Connection` value lists a field name other than `keep-alive` (see
+/// [`listed`]); a lone `keep-alive`, which an upstream sends on every response, is known
+/// to list none without being split.
+pub(crate) fn lists_fields(value: &[u8]) -> bool {
+    !value.eq_ignore_ascii_case(b"keep-alive") && listed(value).next().is_some()
+}
+
 /// The field names the `Connection` values `values` list (see [`listed`]); no allocation
 /// when they list none.
 pub(crate) fn listed_names<'v>(values: impl Iterator<Item = &'v [u8]>) -> Vec<HeaderName> {
@@ -235,6 +242,27 @@ mod tests {
                 }
             }
             proptest::prop_assert_eq!(options, reference, "{:?}", values);
+        }
+    }
+
+    #[test]
+    fn a_lone_keep_alive_lists_no_field_and_anything_else_is_read_as_a_list() {
+        for (value, lists) in [
+            (&b"keep-alive"[..], false),
+            (b"Keep-Alive", false),
+            (b"keep-alive, keep-alive", false),
+            (b"", false),
+            (b"close", true),
+            (b"keep-alive, x-private", true),
+            (b"keep-alives", true),
+        ] {
+            assert_eq!(
+                lists_fields(value),
+                lists,
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
+            assert_eq!(lists_fields(value), listed(value).next().is_some());
         }
     }
 

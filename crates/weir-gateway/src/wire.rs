@@ -249,22 +249,29 @@ fn header_name(side: Side, index: usize, raw: &[u8]) -> Option<HeaderName> {
     }
     let typed = NAMES.try_with(|names| {
         let mut names = names.borrow_mut();
-        let slot = names
+        let Some(slot) = names
             .get_mut(side as usize)
-            .and_then(|slots| slots.get_mut(index))?;
+            .and_then(|slots| slots.get_mut(index))
+        else {
+            return HeaderName::from_bytes(raw).ok();
+        };
         if let Some(known) = slot {
             if known.raw.get(..known.len) == Some(raw) {
                 return Some(known.name.clone());
             }
         }
+        // `None` only for a name `http` refuses: a name that cannot be remembered is
+        // still typed.
         let name = HeaderName::from_bytes(raw).ok()?;
         let mut copy = [0u8; NAME_BYTES];
-        copy.get_mut(..raw.len())?.copy_from_slice(raw);
-        *slot = Some(NameSlot {
-            len: raw.len(),
-            raw: copy,
-            name: name.clone(),
-        });
+        if let Some(to) = copy.get_mut(..raw.len()) {
+            to.copy_from_slice(raw);
+            *slot = Some(NameSlot {
+                len: raw.len(),
+                raw: copy,
+                name: name.clone(),
+            });
+        }
         Some(name)
     });
     // At thread exit the slots may be gone: the name is then typed as usual.

@@ -209,9 +209,7 @@ impl Controls {
         match index {
             crate::hop::CONNECTION_AT => {
                 self.connection.note(value);
-                // `keep-alive` alone, the usual value, lists no other field.
-                self.lists_fields |= !value.eq_ignore_ascii_case(b"keep-alive")
-                    && crate::hop::listed(value).next().is_some();
+                self.lists_fields |= crate::hop::lists_fields(value);
             }
             // A line with no coding leaves the last one as it was.
             crate::hop::TRANSFER_ENCODING_AT => {
