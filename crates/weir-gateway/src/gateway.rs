@@ -70,16 +70,22 @@ pub enum AnyLimiter {
 }
 
 impl AnyLimiter {
-    async fn check(
+    /// Decides `req` into `out`, which is left as it was on error. The embedded store
+    /// fills it in place (see [`Limiter::check_now_into`]).
+    async fn check_into(
         &self,
         policy: &Policy,
         req: &weir_limit::Request<'_>,
-    ) -> Result<Decision, LimitError> {
+        out: &mut Decision,
+    ) -> Result<(), LimitError> {
         match self {
-            AnyLimiter::Memory(l) => l.check_now(policy, req),
+            AnyLimiter::Memory(l) => l.check_now_into(policy, req, out),
             // Boxed: the Redis round trip is a large future, and the embedded store
             // (the default) needs none, so every request's future stays small.
-            AnyLimiter::Redis(l) => Box::pin(l.check_with(policy, req)).await,
+            AnyLimiter::Redis(l) => {
+                *out = Box::pin(l.check_with(policy, req)).await?;
+                Ok(())
+            }
         }
     }
 
@@ -166,14 +172,15 @@ thread_local! {
 
 /// The fields weir adds to a response it answers (see [`Gateway::answer`]): `X-Request-Id`
 /// and the rate-limit fields. Each replaces a field of the same name the response has.
-pub(crate) struct Stamp {
+pub(crate) struct Stamp<'d> {
     request_id: HeaderValue,
-    decision: Option<Decision>,
+    /// The request's limiter decision, in the slot its caller lent [`Gateway::answer`].
+    decision: Option<&'d Decision>,
     view: Arc<View>,
     answered_at: Instant,
 }
 
-impl Stamp {
+impl Stamp<'_> {
     /// The request id the response carries.
     pub(crate) fn request_id(&self) -> &str {
         self.request_id.to_str().unwrap_or("-")
@@ -187,7 +194,7 @@ impl Stamp {
     /// Puts the fields into `h`.
     pub(crate) fn apply(&self, h: &mut HeaderMap) {
         h.insert(names::X_REQUEST_ID, self.request_id.clone());
-        if let Some(d) = &self.decision {
+        if let Some(d) = self.decision {
             let (names, ietf) = (&self.view.field_names, self.view.config.ratelimit_fields);
             respond::apply_limit_headers(h, d, names, ietf);
         }
@@ -198,7 +205,7 @@ impl Stamp {
     pub(crate) fn replaces(&self, name: &HeaderName) -> bool {
         let name = name.as_str();
         name == "x-request-id"
-            || self.decision.as_ref().is_some_and(|d| {
+            || self.decision.is_some_and(|d| {
                 respond::has_limit_field(name, d, self.view.config.ratelimit_fields)
             })
     }
@@ -206,7 +213,7 @@ impl Stamp {
     /// Writes the fields as lines of a response head.
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
         crate::wire::field(out, b"x-request-id", self.request_id.as_bytes());
-        if let Some(d) = &self.decision {
+        if let Some(d) = self.decision {
             let (names, ietf) = (&self.view.field_names, self.view.config.ratelimit_fields);
             respond::limit_fields(d, names, ietf, |name, value| {
                 crate::wire::field(out, name.as_str().as_bytes(), value);
@@ -317,7 +324,12 @@ struct Ctx<'r> {
     route: Option<usize>,
     /// The caller's key id, borrowed from the configuration the request runs under.
     key_id: Option<&'r str>,
-    decision: Option<Decision>,
+    /// Where the limiter's decision is made: a slot the caller of [`Gateway::answer`]
+    /// lends (weir's server keeps one per connection), so the decision is filled where the
+    /// response's fields are later written from, never moved. It holds this request's
+    /// decision only once `decided` is set.
+    decision: &'r mut Option<Decision>,
+    decided: bool,
     upstream_ms: Option<f64>,
     /// The trace context sent upstream: its parent id is weir's own span, which the
     /// access log records (a span id nobody records would leave the upstream's span with
@@ -555,7 +567,8 @@ impl Gateway {
 
     /// Answers one request from `peer`.
     pub async fn handle(&self, req: Request<Body>, peer: SocketAddr) -> Response<Body> {
-        let (mut resp, stamp) = self.answer(req, peer).await;
+        let mut decision = None;
+        let (mut resp, stamp) = self.answer(req, peer, &mut decision).await;
         stamp.apply(resp.headers_mut());
         resp
     }
@@ -563,11 +576,15 @@ impl Gateway {
     /// Answers one request from `peer`, the fields weir adds to every response (request id,
     /// rate-limit fields) apart: weir's HTTP/1.1 server writes them straight into the
     /// response head, with no field-map inserts and no values to allocate.
-    pub(crate) async fn answer(
+    ///
+    /// The limiter's decision is made in `decision`, a slot the caller keeps (and may reuse
+    /// for its next request): the returned [`Stamp`] borrows it.
+    pub(crate) async fn answer<'d>(
         &self,
         req: Request<Body>,
         peer: SocketAddr,
-    ) -> (Response<Body>, Stamp) {
+        decision: &'d mut Option<Decision>,
+    ) -> (Response<Body>, Stamp<'d>) {
         let started = Instant::now();
         let view = self.view();
         let rt: &Runtime = &view;
@@ -590,7 +607,8 @@ impl Gateway {
             dialect: rt.config.dialect,
             route: None,
             key_id: None,
-            decision: None,
+            decision: &mut *decision,
+            decided: false,
             upstream_ms: None,
             trace: None,
             body_unread: false,
@@ -656,14 +674,16 @@ impl Gateway {
             "request"
         );
         // Concurrency slots are held until the response body has been sent.
-        let mut decision = ctx.decision;
-        if let Some(permit) = decision.as_mut().and_then(|d| d.permit.take()) {
+        if let Some(permit) = ctx.decision.as_mut().and_then(|d| d.permit.take()) {
             let (parts, body) = resp.into_parts();
             resp = Response::from_parts(parts, Body::new(crate::body::Holding::new(body, permit)));
         }
+        let decided = ctx.decided;
+        let request_id = ctx.request_id;
+        let decision: &'d Option<Decision> = decision;
         let stamp = Stamp {
-            request_id: ctx.request_id,
-            decision,
+            request_id,
+            decision: decision.as_ref().filter(|_| decided),
             view,
             answered_at,
         };
@@ -691,17 +711,19 @@ impl Gateway {
             plan: key.map(|k| k.plan.as_str()),
             cost,
         };
-        let decision = match self.limiter.check(&rt.policy, &req).await {
-            Ok(d) => d,
-            Err(e) => {
-                rt.metrics.decision(telemetry::Decided::Error);
-                tracing::warn!(request_id = %ctx.id(), error = %e, "rate-limit store unavailable");
-                return Err(Refusal::code("SERVICE_UNAVAILABLE")
-                    .message("Rate limits cannot be checked right now.")
-                    .hint("Retry after the advertised delay.")
-                    .retry_after(1));
-            }
-        };
+        // Filled in the slot the response's fields are written from (see `Ctx::decision`).
+        let slot = ctx.decision.get_or_insert_with(Decision::default);
+        if let Err(e) = self.limiter.check_into(&rt.policy, &req, slot).await {
+            ctx.decided = false;
+            rt.metrics.decision(telemetry::Decided::Error);
+            tracing::warn!(request_id = %ctx.id(), error = %e, "rate-limit store unavailable");
+            return Err(Refusal::code("SERVICE_UNAVAILABLE")
+                .message("Rate limits cannot be checked right now.")
+                .hint("Retry after the advertised delay.")
+                .retry_after(1));
+        }
+        let decision: &Decision = slot;
+        ctx.decided = true;
         rt.metrics.decision(match decision.outcome {
             Outcome::Admitted => telemetry::Decided::Admitted,
             Outcome::Rejected => telemetry::Decided::Rejected,
@@ -709,7 +731,7 @@ impl Gateway {
         });
         let refusal = match decision.outcome {
             Outcome::Admitted => None,
-            Outcome::Rejected => Some(respond::rate_limited(&decision, &rt.policy)),
+            Outcome::Rejected => Some(respond::rate_limited(decision, &rt.policy)),
             Outcome::CostExceedsLimit => {
                 let limit = decision.limiting_status().map_or(0, |s| s.limit);
                 Some(Refusal::code("REQUEST_COST_EXCEEDS_LIMIT").hint(format!(
@@ -717,7 +739,6 @@ impl Gateway {
                 )))
             }
         };
-        ctx.decision = Some(decision);
         refusal.map_or(Ok(()), Err)
     }
 
@@ -1611,7 +1632,7 @@ mod tests {
             });
             let stamp = Stamp {
                 request_id: HeaderValue::from_static("req-1"),
-                decision,
+                decision: decision.as_ref(),
                 view: gw.view(),
                 answered_at: Instant::now(),
             };

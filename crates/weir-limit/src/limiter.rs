@@ -86,6 +86,21 @@ pub struct Decision {
     pub degraded: bool,
 }
 
+impl Default for Decision {
+    /// Admitted, with no limit applied: what a policy with no matching limit decides.
+    fn default() -> Self {
+        Decision {
+            outcome: Outcome::Admitted,
+            retry_after: Duration::ZERO,
+            now: 0,
+            limits: SmallVec::new(),
+            limiting: None,
+            permit: None,
+            degraded: false,
+        }
+    }
+}
+
 impl Decision {
     /// Whether the request may proceed.
     pub fn is_admitted(&self) -> bool {
@@ -284,21 +299,33 @@ impl<S: Store, C: Clock> Limiter<S, C> {
     }
 
     fn finish(&self, policy: &Policy, planned: &[Planned<'_>], decided: &Decided<'_>) -> Decision {
+        let mut decision = Decision::default();
+        self.finish_into(policy, planned, decided, &mut decision);
+        decision
+    }
+
+    /// [`Limiter::finish`] into a decision the caller holds, every field overwritten: the
+    /// statuses are never moved into the decision, nor the decision (over 200 bytes) out
+    /// of the limiter and through its callers.
+    fn finish_into(
+        &self,
+        policy: &Policy,
+        planned: &[Planned<'_>],
+        decided: &Decided<'_>,
+        decision: &mut Decision,
+    ) {
         let now = decided.now;
-        // Built in place and filled: the statuses are never moved into the decision.
-        let mut decision = Decision {
-            outcome: if decided.admitted {
-                Outcome::Admitted
-            } else {
-                Outcome::Rejected
-            },
-            retry_after: Duration::ZERO,
-            now,
-            limits: SmallVec::new(),
-            limiting: None,
-            permit: None,
-            degraded: decided.degraded,
+        decision.outcome = if decided.admitted {
+            Outcome::Admitted
+        } else {
+            Outcome::Rejected
         };
+        decision.retry_after = Duration::ZERO;
+        decision.now = now;
+        decision.limits.clear();
+        decision.limiting = None;
+        decision.permit = None;
+        decision.degraded = decided.degraded;
         let limits = &mut decision.limits;
         let mut retry_after = Duration::ZERO;
         let mut limiting: Option<usize> = None;
@@ -388,7 +415,6 @@ impl<S: Store, C: Clock> Limiter<S, C> {
         }
         decision.limiting = limiting;
         decision.permit = permit;
-        decision
     }
 
     fn never_decision(&self, now: Nanos, planned: &[Planned<'_>], cost: u64) -> Decision {
@@ -506,11 +532,26 @@ impl<C: Clock> Limiter<MemoryStore, C> {
         policy: &Policy,
         request: &Request<'_>,
     ) -> Result<Decision, LimitError> {
+        let mut decision = Decision::default();
+        self.check_now_into(policy, request, &mut decision)?;
+        Ok(decision)
+    }
+
+    /// [`Limiter::check_now`] into a decision the caller holds (a server keeps one per
+    /// connection and reuses it request after request). On success every field of
+    /// `decision` is overwritten; on error it is left as it was.
+    pub fn check_now_into(
+        &self,
+        policy: &Policy,
+        request: &Request<'_>,
+        decision: &mut Decision,
+    ) -> Result<(), LimitError> {
         let now = self.clock.now();
         let mut planned = SmallVec::new();
         let (cost, never) = plan(policy, request, &mut planned);
         if never {
-            return Ok(self.never_decision(now, &planned, cost));
+            *decision = self.never_decision(now, &planned, cost);
+            return Ok(());
         }
         let mut values: SmallVec<[u64; 4]> = SmallVec::from_elem(0, planned.len());
         let admitted = self.store.decide_into(now, &planned, &mut values)?;
@@ -521,6 +562,7 @@ impl<C: Clock> Limiter<MemoryStore, C> {
             lease: 0,
             degraded: false,
         };
-        Ok(self.finish(policy, &planned, &decided))
+        self.finish_into(policy, &planned, &decided, decision);
+        Ok(())
     }
 }

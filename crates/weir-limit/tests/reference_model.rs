@@ -171,6 +171,10 @@ proptest! {
         // The async path (any store) and the gateway's synchronous in-memory path.
         let limiter = Limiter::new(policy.clone(), MemoryStore::with_shards(10_000, 2), clock.clone());
         let sync = Limiter::new(policy.clone(), MemoryStore::with_shards(10_000, 2), clock.clone());
+        // The same path filling one decision, reused from step to step as a connection
+        // reuses its own: nothing of an earlier step may show in a later one.
+        let reused = Limiter::new(policy.clone(), MemoryStore::with_shards(10_000, 2), clock.clone());
+        let mut slot = weir_limit::Decision::default();
         let mut model = Model { limits, departures: HashMap::new() };
         let mut last_wait = 0u64;
         for (n, s) in steps.iter().enumerate() {
@@ -188,6 +192,13 @@ proptest! {
             prop_assert_eq!(d.retry_after, ds.retry_after, "step {}: check_now", n);
             prop_assert_eq!(&d.limits, &ds.limits, "step {}: check_now", n);
             prop_assert_eq!(d.limiting, ds.limiting, "step {}: check_now", n);
+            reused.check_now_into(&policy, &request, &mut slot).expect("memory store");
+            prop_assert_eq!(d.outcome, slot.outcome, "step {}: check_now_into", n);
+            prop_assert_eq!(d.retry_after, slot.retry_after, "step {}: check_now_into", n);
+            prop_assert_eq!(d.now, slot.now, "step {}: check_now_into", n);
+            prop_assert_eq!(&d.limits, &slot.limits, "step {}: check_now_into", n);
+            prop_assert_eq!(d.limiting, slot.limiting, "step {}: check_now_into", n);
+            prop_assert_eq!(d.degraded, slot.degraded, "step {}: check_now_into", n);
             let (outcome, wait, remaining) = model.check(weir_limit::Clock::now(&clock), &ip, &user, s.cost);
             prop_assert_eq!(d.outcome, outcome, "step {}", n);
             prop_assert_eq!(d.retry_after, Duration::from_nanos(wait), "step {}", n);

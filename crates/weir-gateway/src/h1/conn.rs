@@ -159,6 +159,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, settings: Settings) {
     // When the connection became free for its next request: the head must be complete
     // within `header_timeout` of it.
     let mut free_since = Instant::now();
+    // The slot each request's limiter decision is made in, reused request after request:
+    // the decision is filled where the response's fields are written from.
+    let mut decision = None;
     loop {
         let Some(r) = reader.as_mut() else {
             return;
@@ -189,7 +192,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, settings: Settings) {
         else {
             return;
         };
-        let (response, stamp) = gateway.answer(request, peer).await;
+        let (response, stamp) = gateway.answer(request, peer, &mut decision).await;
         sender.responding.store(true, Ordering::Release);
         // The reader comes back only if the body was read to its end.
         let mut reusable = keep_alive;
@@ -350,8 +353,9 @@ async fn refuse(
     let refusal = Refusal::code("REQUEST_MALFORMED")
         .status(e.status())
         .message(e.to_string());
+    let mut decision = None;
     let (response, stamp) = gateway
-        .answer(HeadRefused(refusal).into_request(), peer)
+        .answer(HeadRefused(refusal).into_request(), peer, &mut decision)
         .await;
     respond_with(
         sender,
@@ -378,7 +382,7 @@ async fn respond_with(
     sender: &Sender,
     out: &mut Vec<u8>,
     response: Response<Body>,
-    stamp: &Stamp,
+    stamp: &Stamp<'_>,
     method: &Method,
     version: Version,
     mut close: bool,

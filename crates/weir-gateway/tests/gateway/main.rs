@@ -1989,6 +1989,14 @@ mod redis_backed {
             .expect("send");
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()["retry-after"], "1");
+        // Nothing was decided, so no limit is described: not even the one the previous
+        // request on this kept-alive connection was decided by.
+        for name in ["x-ratelimit-limit", "x-ratelimit-remaining", "ratelimit"] {
+            assert!(
+                resp.headers().get(name).is_none(),
+                "{name} on an undecided request"
+            );
+        }
         assert_eq!(json(resp).await["detail"]["code"], "SERVICE_UNAVAILABLE");
     }
 }
