@@ -1097,11 +1097,23 @@ impl Gateway {
                     .retry_after(secs));
             }
         };
-        let target = rt.targets.get(index).and_then(Option::as_ref);
-        let Some(uri) = upstream_uri(base, target, &parts.uri) else {
-            return Err(
-                Refusal::code("REQUEST_MALFORMED").message("The request path cannot be forwarded.")
-            );
+        // An `http` upstream without a path prefix is sent the client's own target: the
+        // request's URI stays as it is. Any other is given a URI of its own.
+        let to = rt
+            .targets
+            .get(index)
+            .and_then(Option::as_ref)
+            .filter(|t| t.scheme == http::uri::Scheme::HTTP)
+            .map(|t| &t.authority);
+        let uri = match to {
+            Some(_) => None,
+            None => match upstream_uri(base, &parts.uri) {
+                Some(uri) => Some(uri),
+                None => {
+                    return Err(Refusal::code("REQUEST_MALFORMED")
+                        .message("The request path cannot be forwarded."))
+                }
+            },
         };
         // Hop-by-hop fields leave the map (usually a scan that finds none); the fields weir
         // replaces or keeps private are skipped, and its own added, as the head is written.
@@ -1157,7 +1169,9 @@ impl Gateway {
                 &added,
             ],
         };
-        parts.uri = uri;
+        if let Some(uri) = uri {
+            parts.uri = uri;
+        }
         parts.version = http::Version::HTTP_11;
         let body = match body {
             // An empty body costs no allocation.
@@ -1170,7 +1184,7 @@ impl Gateway {
         // than that between two parts of the body.
         let sent = crate::deadline::within(
             (started + upstream.timeout).into(),
-            pool.send_rewritten(parts, body, &rewrite, upstream.timeout, started),
+            pool.send_rewritten(parts, to, body, &rewrite, upstream.timeout, started),
         )
         .await;
         let answered = Instant::now();
@@ -1416,20 +1430,9 @@ impl Target {
     }
 }
 
-/// The upstream URI for a request URI: `base` + the request's path and query.
-fn upstream_uri(base: &str, target: Option<&Target>, request: &http::Uri) -> Option<http::Uri> {
-    if let Some(t) = target {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(t.scheme.clone());
-        parts.authority = Some(t.authority.clone());
-        parts.path_and_query = Some(
-            request
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
-        return http::Uri::from_parts(parts).ok();
-    }
+/// The upstream URI for a request URI: `base` + the request's path and query (for a base
+/// that is not a bare `http` [`Target`]).
+fn upstream_uri(base: &str, request: &http::Uri) -> Option<http::Uri> {
     let pq = request.path_and_query().map_or("/", |p| p.as_str());
     format!("{}{pq}", base.trim_end_matches('/')).parse().ok()
 }

@@ -259,7 +259,7 @@ impl UpstreamPool {
         let now = Instant::now();
         async move {
             let (mut parts, body) = req.into_parts();
-            self.send_inner(&mut parts, body, &Rewrite::NONE, None, now)
+            self.send_inner(&mut parts, None, body, &Rewrite::NONE, None, now)
                 .await
         }
     }
@@ -274,8 +274,15 @@ impl UpstreamPool {
         let now = Instant::now();
         async move {
             let (mut parts, body) = req.into_parts();
-            self.send_inner(&mut parts, body, &Rewrite::NONE, Some(body_stall), now)
-                .await
+            self.send_inner(
+                &mut parts,
+                None,
+                body,
+                &Rewrite::NONE,
+                Some(body_stall),
+                now,
+            )
+            .await
         }
     }
 
@@ -285,30 +292,37 @@ impl UpstreamPool {
     /// it instead of reading the clock again. The request's head is borrowed, not taken: a
     /// proxy's request head (224 bytes) is then not moved into another request and another
     /// future on its way out; its fields are taken (the map is reused for a later head).
+    ///
+    /// `to` names the upstream (an `http` one) when `parts.uri` is the client's own target
+    /// (its path and query are sent as they are): a proxy then builds no URI per request.
+    /// Without it, `parts.uri` is the upstream's absolute URI.
     // Not `async` itself: this returns `send_inner`'s future as it is, so a request does
     // not pay for copying one future into another (futures are moved by value).
     pub fn send_rewritten<'a>(
         &'a self,
         parts: &'a mut http::request::Parts,
+        to: Option<&'a Authority>,
         body: Body,
         rewrite: &'a Rewrite<'a>,
         body_stall: Duration,
         now: Instant,
     ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + 'a {
-        self.send_inner(parts, body, rewrite, Some(body_stall), now)
+        self.send_inner(parts, to, body, rewrite, Some(body_stall), now)
     }
 
     async fn send_inner(
         &self,
         parts: &mut http::request::Parts,
+        to: Option<&Authority>,
         body: Body,
         rewrite: &Rewrite<'_>,
         stall: Option<Duration>,
         now: Instant,
     ) -> Result<Response<Body>, UpstreamError> {
         // Borrowed: a pooled exchange whose response comes whole needs no copy of it.
-        let authority = match (parts.uri.scheme(), parts.uri.authority()) {
-            (Some(s), Some(a)) if *s == Scheme::HTTP => a,
+        let authority = match (to, parts.uri.scheme(), parts.uri.authority()) {
+            (Some(a), _, _) => a,
+            (None, Some(s), Some(a)) if *s == Scheme::HTTP => a,
             _ => return Err(UpstreamError::Unsupported(parts.uri.to_string())),
         };
         // HTTP/1.1 to an origin: origin-form target and a Host field.

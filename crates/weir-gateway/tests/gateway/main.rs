@@ -47,7 +47,7 @@ mod proxy {
     use super::*;
 
     /// An upstream that answers every request with 200 and reports each request head it
-    /// got (lower-cased field lines, in order) on the channel.
+    /// got (lower-cased: its request line, then its field lines in order) on the channel.
     async fn recording_upstream() -> (
         std::net::SocketAddr,
         tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
@@ -68,8 +68,7 @@ mod proxy {
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
                             buf.drain(..end + 4);
-                            let _ =
-                                tx.send(head.split("\r\n").skip(1).map(str::to_owned).collect());
+                            let _ = tx.send(head.split("\r\n").map(str::to_owned).collect());
                             if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                                 .await
                                 .is_err()
@@ -159,6 +158,35 @@ mod proxy {
             parent.len() == 1 && parent[0].starts_with("00-"),
             "{fields:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_upstream_is_sent_the_callers_target_under_its_base_path() {
+        let (up, mut heads) = recording_upstream().await;
+        // One upstream given as a bare origin, one with a path every target goes under.
+        let routes = format!(
+            "[upstreams.raw]\nurl = \"http://{up}\"\n[upstreams.based]\nurl = \"http://{up}/base/\"\n\
+             [[routes]]\nname = \"raw\"\nprefix = \"/v1/raw\"\nupstream = \"raw\"\n\
+             [[routes]]\nname = \"based\"\nprefix = \"/v1/based\"\nupstream = \"based\"\n"
+        );
+        let gw = start(&config(&routes, &temp_db("p5"))).await;
+        let c = client();
+        for (path, line) in [
+            ("/v1/raw/a%20b?q=1&r", "get /v1/raw/a%20b?q=1&r http/1.1"),
+            ("/v1/raw", "get /v1/raw http/1.1"),
+            ("/v1/based/x?y=2", "get /base/v1/based/x?y=2 http/1.1"),
+        ] {
+            let resp = c
+                .get(gw.url(path))
+                .bearer_auth("free-secret")
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(resp.status(), StatusCode::OK, "{path}");
+            let head = heads.recv().await.expect("a request");
+            assert_eq!(head[0], line, "{head:?}");
+            assert_eq!(values(&head, "host"), [up.to_string().as_str()], "{head:?}");
+        }
     }
 
     #[tokio::test]
