@@ -1,7 +1,8 @@
 //! What an upstream sends back, as the proxy reads it: response heads (interim ones skipped)
 //! and the body in whatever framing the head chose, fed in pieces of the sizes the input
 //! picks. It may not panic or loop; a chunked body never yields more than was fed; the
-//! fields a head passes on hold no hop-by-hop field.
+//! fields a head passes on hold no hop-by-hop field; a head parsed to be passed on as
+//! received says what the typed parse says once its fields are typed.
 #![no_main]
 use bytes::BytesMut;
 use http::Method;
@@ -17,8 +18,25 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::new();
     let mut pieces = rest.chunks(step);
     let head = loop {
+        let before = buf.clone();
         match codec::parse_head(&mut buf, &method) {
-            Ok(Parsed::Final(head)) => break head,
+            Ok(Parsed::Final(head)) => {
+                let mut again = before;
+                let Ok(Parsed::Final(passing)) = codec::parse_head_passing(&mut again, &method)
+                else {
+                    panic!("the typed parse found a whole head");
+                };
+                assert_eq!(again, buf, "the same bytes consumed");
+                assert_eq!(passing.framing, head.framing);
+                assert_eq!(passing.keep_alive, head.keep_alive);
+                assert_eq!(passing.response.status(), head.response.status());
+                let mut typed = passing.response.headers().clone();
+                if let Some(p) = &passing.passed {
+                    p.type_into(&mut typed);
+                }
+                assert_eq!(&typed, head.response.headers());
+                break head;
+            }
             Ok(Parsed::Interim) => continue,
             Ok(Parsed::Partial) => match pieces.next() {
                 Some(p) => buf.extend_from_slice(p),

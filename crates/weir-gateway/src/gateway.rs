@@ -25,7 +25,7 @@ use crate::identity::{self, ApiKey, AuthFailure};
 use crate::present::{Field, Present};
 use crate::respond::{self, names, Refusal};
 use crate::telemetry;
-use crate::upstream::{FieldLines, Rewrite, UpstreamPool};
+use crate::upstream::{FieldLines, PassedFields, Rewrite, UpstreamPool};
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use bytes::Bytes;
@@ -176,6 +176,9 @@ pub(crate) struct Stamp<'d> {
     request_id: HeaderValue,
     /// The request's limiter decision, in the slot its caller lent [`Gateway::answer`].
     decision: Option<&'d Decision>,
+    /// The upstream's fields, as received, when the response passes them on: the response's
+    /// map lacks them (see [`PassedFields`]).
+    passed: Option<PassedFields>,
     view: Arc<View>,
     answered_at: Instant,
 }
@@ -191,8 +194,12 @@ impl Stamp<'_> {
         self.answered_at
     }
 
-    /// Puts the fields into `h`.
+    /// Puts the fields into `h`: the upstream's passed-on ones, then weir's (each replacing
+    /// any of the same name).
     pub(crate) fn apply(&self, h: &mut HeaderMap) {
+        if let Some(passed) = &self.passed {
+            passed.type_into(h);
+        }
         h.insert(names::X_REQUEST_ID, self.request_id.clone());
         if let Some(d) = self.decision {
             let (names, ietf) = (&self.view.field_names, self.view.config.ratelimit_fields);
@@ -204,6 +211,33 @@ impl Stamp<'_> {
     /// names [`Stamp::write`] writes.
     pub(crate) fn replaces(&self, name: &HeaderName) -> bool {
         let name = name.as_str();
+        name == "x-request-id"
+            || self.decision.is_some_and(|d| {
+                respond::has_limit_field(name, d, self.view.config.ratelimit_fields)
+            })
+    }
+
+    /// The upstream's fields, as received, that the response passes on (its map lacks them).
+    pub(crate) fn passed(&self) -> Option<&PassedFields> {
+        self.passed.as_ref()
+    }
+
+    /// [`Stamp::replaces`] for a name as received, in any case.
+    pub(crate) fn replaces_raw(&self, name: &[u8]) -> bool {
+        // Each name weir writes begins with `x-` or `ratelimit`: any other is a quick no.
+        if !matches!(name.first(), Some(b'x' | b'X' | b'r' | b'R')) {
+            return false;
+        }
+        // Longer than any field weir writes: not one of them.
+        let mut lower = [0u8; 24];
+        let Some(to) = lower.get_mut(..name.len()) else {
+            return false;
+        };
+        to.copy_from_slice(name);
+        to.make_ascii_lowercase();
+        let Ok(name) = std::str::from_utf8(to) else {
+            return false;
+        };
         name == "x-request-id"
             || self.decision.is_some_and(|d| {
                 respond::has_limit_field(name, d, self.view.config.ratelimit_fields)
@@ -330,6 +364,10 @@ struct Ctx<'r> {
     /// decision only once `decided` is set.
     decision: &'r mut Option<Decision>,
     decided: bool,
+    /// The upstream response's end-to-end fields, as received, when the response is passed
+    /// on: they are written to the client as they are (see [`PassedFields`]), and typed into
+    /// the response's map only by a step that reads them.
+    passed: Option<PassedFields>,
     upstream_ms: Option<f64>,
     /// The trace context sent upstream: its parent id is weir's own span, which the
     /// access log records (a span id nobody records would leave the upstream's span with
@@ -344,6 +382,14 @@ impl Ctx<'_> {
     /// The request id as text (always valid: either checked or generated).
     fn id(&self) -> &str {
         self.request_id.to_str().unwrap_or("-")
+    }
+
+    /// Puts the upstream's fields, if still as received, into `resp`'s map, for a step
+    /// that reads or stores them.
+    fn type_passed(&mut self, resp: &mut Response<Body>) {
+        if let Some(passed) = self.passed.take() {
+            passed.type_into(resp.headers_mut());
+        }
     }
 }
 
@@ -609,6 +655,7 @@ impl Gateway {
             key_id: None,
             decision: &mut *decision,
             decided: false,
+            passed: None,
             upstream_ms: None,
             trace: None,
             body_unread: false,
@@ -633,6 +680,8 @@ impl Gateway {
         } else {
             ctx.dialect
         };
+        // Only the upstream's own answer carries its fields; a refusal is weir's.
+        let upstream_answered = result.is_ok();
         let mut resp = match result {
             Ok(r) => r,
             Err(refusal) => {
@@ -680,10 +729,12 @@ impl Gateway {
         }
         let decided = ctx.decided;
         let request_id = ctx.request_id;
+        let passed = ctx.passed.take().filter(|_| upstream_answered);
         let decision: &'d Option<Decision> = decision;
         let stamp = Stamp {
             request_id,
             decision: decision.as_ref().filter(|_| decided),
+            passed,
             view,
             answered_at,
         };
@@ -933,7 +984,9 @@ impl Gateway {
             .forward(rt, ctx, route, key, parts, body, peer_value, peer.ip())
             .await;
         let resp = match (result, &idem) {
-            (Ok(resp), Some((scope, fp))) => {
+            (Ok(mut resp), Some((scope, fp))) => {
+                // Stored with every field: typed now.
+                ctx.type_passed(&mut resp);
                 Box::pin(self.remember(route, scope, fp, resp, rt)).await
             }
             (Ok(resp), None) => resp,
@@ -949,6 +1002,9 @@ impl Gateway {
             } else {
                 route.dialect
             };
+            let mut resp = resp;
+            // Read (the media type) and rewritten: typed now.
+            ctx.type_passed(&mut resp);
             return Ok(Box::pin(normalize(resp, dialect, ctx.id())).await);
         }
         Ok(resp)
@@ -1200,9 +1256,10 @@ impl Gateway {
                 Err(Refusal::code("SERVICE_CONNECTION_LOST")
                     .message("The upstream service could not be reached or closed the connection."))
             }
-            Ok(Ok(resp)) => {
+            Ok(Ok((resp, passed))) => {
                 // The streamed request body went to the upstream.
                 ctx.body_unread = false;
+                ctx.passed = passed;
                 Ok(resp)
             }
         };
@@ -1578,8 +1635,8 @@ mod tests {
             .expect("gateway")
     }
 
-    /// The head lines of `headers` (and `stamp`), sorted: `Date` is in `headers`, so the
-    /// clock plays no part.
+    /// The head lines of `headers` (and `stamp`), names in lower case, sorted: `Date` is in
+    /// `headers` or passed on, so the clock plays no part.
     fn head_lines(headers: &HeaderMap, stamp: Option<&Stamp>) -> Vec<String> {
         let mut out = Vec::new();
         crate::h1::write::head(
@@ -1594,7 +1651,10 @@ mod tests {
         let mut lines: Vec<String> = String::from_utf8(out)
             .expect("ascii")
             .lines()
-            .map(str::to_owned)
+            .map(|l| match l.split_once(':') {
+                Some((n, v)) => format!("{}:{v}", n.to_ascii_lowercase()),
+                None => l.to_owned(),
+            })
             .collect();
         lines.sort();
         lines
@@ -1603,13 +1663,16 @@ mod tests {
     proptest! {
         /// The fields the HTTP/1.1 server writes straight into the head are exactly those
         /// `Stamp::apply` puts in the field map, each replacing the upstream's own field of
-        /// the same name, whatever the limits and whichever names the upstream sent.
+        /// the same name, whatever the limits and whichever names the upstream sent, in a
+        /// map or passed on as received (in any case).
         #[test]
         fn a_stamp_written_directly_matches_one_applied_to_the_map(
             ietf in any::<bool>(),
             limits in proptest::collection::vec((0usize..3, 1u64..100_000, 0u64..100_000, 0u64..3_600), 0..4),
             limiting in any::<proptest::sample::Index>(),
             upstream in proptest::collection::vec(0usize..8, 0..6),
+            passing in any::<bool>(),
+            upper in any::<bool>(),
         ) {
             static GATEWAYS: std::sync::OnceLock<[Arc<Gateway>; 2]> = std::sync::OnceLock::new();
             let gateways = GATEWAYS.get_or_init(|| [limits_gateway(false), limits_gateway(true)]);
@@ -1633,21 +1696,43 @@ mod tests {
                 permit: None,
                 degraded: false,
             });
-            let stamp = Stamp {
-                request_id: HeaderValue::from_static("req-1"),
-                decision: decision.as_ref(),
-                view: gw.view(),
-                answered_at: Instant::now(),
-            };
             const SENT: [&str; 8] = [
                 "x-request-id", "x-ratelimit-limit", "x-ratelimit-remaining",
                 "x-ratelimit-reset", "ratelimit", "ratelimit-policy", "x-other", "server",
             ];
+            const DATE: &str = "Sun, 22 Nov 2026 00:00:00 GMT";
             let mut headers = HeaderMap::new();
-            headers.insert(header::DATE, HeaderValue::from_static("Sun, 22 Nov 2026 00:00:00 GMT"));
-            for i in upstream {
-                headers.append(HeaderName::from_static(SENT[i]), HeaderValue::from_static("upstream"));
+            let mut passed = None;
+            if passing {
+                let mut raw = format!("HTTP/1.1 200 OK\r\nDate: {DATE}\r\n");
+                for &i in &upstream {
+                    let name = if upper { SENT[i].to_ascii_uppercase() } else { SENT[i].to_owned() };
+                    raw.push_str(&format!("{name}: upstream\r\n"));
+                }
+                raw.push_str("Content-Length: 5\r\n\r\n");
+                let parsed = crate::upstream::codec::parse_head_passing(
+                    &mut bytes::BytesMut::from(raw.as_str()),
+                    &http::Method::GET,
+                );
+                let Ok(crate::upstream::codec::Parsed::Final(h)) = parsed else {
+                    panic!("a whole head: {parsed:?}");
+                };
+                prop_assert!(h.response.headers().is_empty());
+                passed = h.passed;
+                prop_assert!(passed.is_some());
+            } else {
+                headers.insert(header::DATE, HeaderValue::from_static(DATE));
+                for &i in &upstream {
+                    headers.append(HeaderName::from_static(SENT[i]), HeaderValue::from_static("upstream"));
+                }
             }
+            let stamp = Stamp {
+                request_id: HeaderValue::from_static("req-1"),
+                decision: decision.as_ref(),
+                passed,
+                view: gw.view(),
+                answered_at: Instant::now(),
+            };
             let mut applied = headers.clone();
             stamp.apply(&mut applied);
             prop_assert_eq!(head_lines(&headers, Some(&stamp)), head_lines(&applied, None));

@@ -184,6 +184,7 @@ impl Spans {
                 RawField {
                     name: head.get(ns..ne).unwrap_or_default(),
                     value: head.get(vs..ve).unwrap_or_default(),
+                    name_at: (ns, ne),
                     value_at: (vs, ve),
                     index,
                 }
@@ -197,6 +198,8 @@ pub(crate) struct RawField<'a> {
     pub(crate) name: &'a [u8],
     /// The value.
     pub(crate) value: &'a [u8],
+    /// Where the name lies in the head.
+    name_at: (usize, usize),
     /// Where the value lies in the head, so a typed value can share the head's memory.
     value_at: (usize, usize),
     /// Its place among the head's fields (0 for the first).
@@ -204,6 +207,12 @@ pub(crate) struct RawField<'a> {
 }
 
 impl RawField<'_> {
+    /// Where the name and the value lie in the head they were read from.
+    pub(crate) fn at(&self) -> [usize; 4] {
+        let ((ns, ne), (vs, ve)) = (self.name_at, self.value_at);
+        [ns, ne, vs, ve]
+    }
+
     /// The field as a typed name and a value sharing `head` (the head it was read from, a
     /// `side` head); an error for a name or value `http` does not accept.
     pub(crate) fn typed(

@@ -82,7 +82,8 @@ fn framing_field(name: &HeaderName) -> bool {
 }
 
 /// Appends a response head to `out`: the status line, the handler's fields (less the
-/// framing ones and those `stamp` replaces), `stamp`'s fields, `Date` unless present, the
+/// framing ones and those `stamp` replaces), the upstream's fields `stamp` passes on as
+/// received (less those it replaces), `stamp`'s fields, `Date` unless present, the
 /// framing fields and, if `close` or the handler's `Connection` lists `close`,
 /// `Connection: close` (an HTTP/1.0 client kept alive is told `Connection: keep-alive`).
 /// Returns whether the connection closes after this response: `close`, or the handler
@@ -115,6 +116,15 @@ pub(crate) fn head(
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(s) = stamp {
+        // The upstream's fields, as received (none of them framing or hop-by-hop: the
+        // upstream client left those out).
+        for (name, value) in s.passed().into_iter().flat_map(|p| p.iter()) {
+            if s.replaces_raw(name) {
+                continue;
+            }
+            dated |= name.eq_ignore_ascii_case(b"date");
+            field(out, name, value);
+        }
         s.write(out);
     }
     if !dated {

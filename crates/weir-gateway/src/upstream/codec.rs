@@ -64,15 +64,81 @@ pub struct Head {
     /// [`Head::framing`] and [`Head::keep_alive`] and are left out, so a proxy passes the
     /// fields on as they are. `Content-Length` is here only when no body follows (a HEAD,
     /// a 304: it tells the size a GET would have had); otherwise the body's exact size is
-    /// the length.
+    /// the length. Parsed by [`parse_head_passing`], the map holds only that length, and
+    /// the other fields are in [`Head::passed`].
     pub response: http::Response<()>,
     /// How the body is delimited.
     pub framing: Framing,
     /// Whether the connection may carry another request once this body has been read.
     pub keep_alive: bool,
+    /// Set by [`parse_head_passing`]: the end-to-end fields, still as received, that
+    /// `response`'s map then lacks.
+    pub passed: Option<PassedFields>,
+}
+
+/// A response head's end-to-end fields as the upstream sent them, to be written to the
+/// client as they are (the same selection [`parse_head`] puts in its map, in the order
+/// received, names in the case received).
+///
+/// A proxy that only passes a response on reads none of its fields, and typing each (a
+/// name looked up among the standard ones, a value checked byte by byte and given a
+/// reference to the head, a hashed insert) and writing it out again from the map was a
+/// fifth of what weir did per proxied request. `httparse` has checked every name and value
+/// against the same grammar `http` holds them to, so typing them later, for whoever does
+/// read them ([`PassedFields::type_into`]), gives what the map would have held.
+#[derive(Clone)]
+pub struct PassedFields {
+    head: Bytes,
+    /// Each field's name and value, as offsets into `head` (a head passed this way is
+    /// shorter than 64 KiB).
+    fields: smallvec::SmallVec<[[u16; 4]; 8]>,
+}
+
+impl PassedFields {
+    /// The fields, name and value, in the order received.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.fields.iter().map(|&[ns, ne, vs, ve]| {
+            let at = |a: u16, b: u16| self.head.get(usize::from(a)..usize::from(b));
+            (
+                at(ns, ne).unwrap_or_default(),
+                at(vs, ve).unwrap_or_default(),
+            )
+        })
+    }
+
+    /// Appends the fields to `map`, typed; a field `http` would not hold (none that
+    /// `httparse` accepted) is left out.
+    pub fn type_into(&self, map: &mut HeaderMap) {
+        for &[ns, ne, vs, ve] in &self.fields {
+            let name = self
+                .head
+                .get(usize::from(ns)..usize::from(ne))
+                .and_then(|n| HeaderName::from_bytes(n).ok());
+            let value = (vs <= ve && usize::from(ve) <= self.head.len())
+                .then(|| self.head.slice(usize::from(vs)..usize::from(ve)))
+                .and_then(|v| HeaderValue::from_maybe_shared(v).ok());
+            if let (Some(name), Some(value)) = (name, value) {
+                map.append(name, value);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for PassedFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.iter()
+                    .map(|(n, v)| (String::from_utf8_lossy(n), String::from_utf8_lossy(v))),
+            )
+            .finish()
+    }
 }
 
 /// What [`parse_head`] found at the front of the buffer.
+// Not boxed: one is returned per response head and matched at once, and a box would be an
+// allocation per proxied response to save copying the two small variants.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Parsed {
     /// Not a whole head yet: read more.
@@ -86,6 +152,18 @@ pub enum Parsed {
 /// Parses the response head at the front of `buf` to a request made with `method`, and
 /// removes it from the buffer once complete. Field values share the buffer's memory.
 pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, ProtocolError> {
+    parse(buf, method, false)
+}
+
+/// As [`parse_head`], for a head to be passed on as it is: the end-to-end fields stay as
+/// received, in [`Head::passed`], instead of being typed into the response's map (which
+/// holds only a `Content-Length` put back, if any). A head whose `Connection` names other
+/// fields, or of 64 KiB or more, is parsed as by [`parse_head`].
+pub fn parse_head_passing(buf: &mut BytesMut, method: &Method) -> Result<Parsed, ProtocolError> {
+    parse(buf, method, true)
+}
+
+fn parse(buf: &mut BytesMut, method: &Method, pass: bool) -> Result<Parsed, ProtocolError> {
     // Left uninitialised: filling 128 empty fields (4 KiB) on every parse cost more than
     // parsing a typical head.
     let mut fields =
@@ -127,8 +205,12 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
     // written straight into the client's response head (`gateway::Stamp`), not put here.
     // One pass over the fields as received: the hop-by-hop ones are read, not stored (a
     // stored field a proxy then removes costs two hashed map operations).
-    let mut headers = crate::wire::field_map(spans.len());
+    let mut headers = crate::wire::field_map(if pass { 1 } else { spans.len() });
     let mut controls = Controls::default();
+    let mut passed = (pass && head.len() <= usize::from(u16::MAX)).then(|| PassedFields {
+        head: head.clone(),
+        fields: smallvec::SmallVec::new(),
+    });
     for field in spans.raw(&head) {
         if let Some(i) = crate::hop::hop_index_raw(field.name) {
             controls.hop(i, field.value);
@@ -139,12 +221,22 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
             controls.content_length(field.value);
             continue;
         }
+        if let Some(p) = passed.as_mut() {
+            // Every offset fits: the head is shorter than 64 KiB.
+            p.fields
+                .push(field.at().map(|n| u16::try_from(n).unwrap_or(u16::MAX)));
+            continue;
+        }
         let (name, value) = field
             .typed(&head, crate::wire::Side::Response)
             .map_err(ProtocolError::Head)?;
         headers.append(name, value);
     }
     if controls.lists_fields {
+        // Rare: typed after all, so the fields `Connection` names can be taken out.
+        if let Some(p) = passed.take() {
+            p.type_into(&mut headers);
+        }
         // `Connection` named other fields (rare): they are hop-by-hop too.
         let connection = spans
             .raw(&head)
@@ -174,6 +266,7 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Protoco
         response,
         framing,
         keep_alive,
+        passed,
     }))
 }
 
@@ -1087,8 +1180,22 @@ mod tests {
             }
             match head(&raw, &method) {
                 Ok(Parsed::Final(h)) => {
-                    proptest::prop_assert_eq!(Ok((h.framing, h.keep_alive)), want);
+                    proptest::prop_assert_eq!(Ok((h.framing, h.keep_alive)), want.clone());
                     proptest::prop_assert_eq!(h.response.headers(), &stripped);
+                    proptest::prop_assert!(h.passed.is_none());
+                }
+                Ok(_) => proptest::prop_assert!(false, "a whole head"),
+                Err(e) => proptest::prop_assert_eq!(Err(e), want.clone()),
+            }
+            // Passed on as received, the same fields once typed, and the same framing.
+            match parse_head_passing(&mut BytesMut::from(raw.as_str()), &method) {
+                Ok(Parsed::Final(h)) => {
+                    proptest::prop_assert_eq!(Ok((h.framing, h.keep_alive)), want);
+                    let mut typed = h.response.headers().clone();
+                    if let Some(p) = &h.passed {
+                        p.type_into(&mut typed);
+                    }
+                    proptest::prop_assert_eq!(&typed, &stripped);
                 }
                 Ok(_) => proptest::prop_assert!(false, "a whole head"),
                 Err(e) => proptest::prop_assert_eq!(Err(e), want),

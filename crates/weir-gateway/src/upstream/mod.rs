@@ -32,7 +32,7 @@ pub mod codec;
 use axum::body::Body;
 use body::UpstreamBody;
 use bytes::{Bytes, BytesMut};
-pub use codec::{FieldLines, Rewrite};
+pub use codec::{FieldLines, PassedFields, Rewrite};
 use codec::{Framing, Parsed, ProtocolError, RequestFraming};
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response};
@@ -259,8 +259,10 @@ impl UpstreamPool {
         let now = Instant::now();
         async move {
             let (mut parts, body) = req.into_parts();
-            self.send_inner(&mut parts, None, body, &Rewrite::NONE, None, now)
-                .await
+            let (response, _) = self
+                .send_inner(&mut parts, None, body, &Rewrite::NONE, None, now, false)
+                .await?;
+            Ok(response)
         }
     }
 
@@ -274,15 +276,18 @@ impl UpstreamPool {
         let now = Instant::now();
         async move {
             let (mut parts, body) = req.into_parts();
-            self.send_inner(
-                &mut parts,
-                None,
-                body,
-                &Rewrite::NONE,
-                Some(body_stall),
-                now,
-            )
-            .await
+            let (response, _) = self
+                .send_inner(
+                    &mut parts,
+                    None,
+                    body,
+                    &Rewrite::NONE,
+                    Some(body_stall),
+                    now,
+                    false,
+                )
+                .await?;
+            Ok(response)
         }
     }
 
@@ -296,6 +301,10 @@ impl UpstreamPool {
     /// `to` names the upstream (an `http` one) when `parts.uri` is the client's own target
     /// (its path and query are sent as they are): a proxy then builds no URI per request.
     /// Without it, `parts.uri` is the upstream's absolute URI.
+    ///
+    /// The response's end-to-end fields come back as received, beside it (its map lacks
+    /// them, see [`codec::parse_head_passing`]): a proxy that passes them on writes them as
+    /// they are, and types them only if it reads them.
     // Not `async` itself: this returns `send_inner`'s future as it is, so a request does
     // not pay for copying one future into another (futures are moved by value).
     pub fn send_rewritten<'a>(
@@ -306,10 +315,12 @@ impl UpstreamPool {
         rewrite: &'a Rewrite<'a>,
         body_stall: Duration,
         now: Instant,
-    ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + 'a {
-        self.send_inner(parts, to, body, rewrite, Some(body_stall), now)
+    ) -> impl Future<Output = Result<(Response<Body>, Option<PassedFields>), UpstreamError>> + 'a
+    {
+        self.send_inner(parts, to, body, rewrite, Some(body_stall), now, true)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn send_inner(
         &self,
         parts: &mut http::request::Parts,
@@ -318,7 +329,8 @@ impl UpstreamPool {
         rewrite: &Rewrite<'_>,
         stall: Option<Duration>,
         now: Instant,
-    ) -> Result<Response<Body>, UpstreamError> {
+        pass: bool,
+    ) -> Result<(Response<Body>, Option<PassedFields>), UpstreamError> {
         // Borrowed: a pooled exchange whose response comes whole needs no copy of it.
         let authority = match (to, parts.uri.scheme(), parts.uri.authority()) {
             (Some(a), _, _) => a,
@@ -371,7 +383,12 @@ impl UpstreamPool {
                 Some(seen) => crate::wire::may_end(&conn.read, seen),
             };
             if worth_parsing {
-                match codec::parse_head(&mut conn.read, &parts.method)? {
+                let parsed = if pass {
+                    codec::parse_head_passing(&mut conn.read, &parts.method)?
+                } else {
+                    codec::parse_head(&mut conn.read, &parts.method)?
+                };
+                match parsed {
                     Parsed::Final(head) => break head,
                     // Consumed: what is left is the start of another head.
                     Parsed::Interim => {
@@ -419,7 +436,7 @@ impl UpstreamPool {
                 stall,
             )),
         };
-        Ok(Response::from_parts(response, body))
+        Ok((Response::from_parts(response, body), head.passed))
     }
 
     /// Idle connections to `authority` that are still open.

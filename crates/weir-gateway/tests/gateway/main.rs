@@ -160,6 +160,140 @@ mod proxy {
         );
     }
 
+    /// An upstream that answers its requests with `answers` in turn, one connection after
+    /// another or several on one (the last answer again after the list).
+    async fn scripted_upstream(answers: &'static [&'static str]) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let served = served.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let answer = answers[n.min(answers.len() - 1)];
+                            if s.write_all(answer.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn the_client_gets_the_upstreams_fields_less_hop_by_hop_ones_and_weirs_own() {
+        // As received (any case, repeated fields, the upstream's Date), and once with a
+        // Connection that names a private field.
+        const PASSED: &str = "HTTP/1.1 200 OK\r\nX-Custom: yes\r\nX-REQUEST-ID: upstream-id\r\n\
+             x-ratelimit-remaining: 777777\r\nKeep-Alive: timeout=5\r\nSet-Cookie: a=1\r\n\
+             Date: Sun, 22 Nov 2026 00:00:00 GMT\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok";
+        let up = scripted_upstream(&[
+            PASSED,
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nX-Private: secret\r\n\
+             X-Custom: yes\r\nRateLimit: \"x\";r=1;t=1\r\nContent-Length: 2\r\n\r\nok",
+            PASSED,
+        ])
+        .await;
+        let route = format!(
+            "[upstreams.raw]\nurl = \"http://{up}\"\n[[routes]]\nname = \"raw\"\nprefix = \"/v1/raw\"\nupstream = \"raw\"\n"
+        );
+        let gw = start(&with_server(
+            &config(&format!("{route}{PLANS}"), &temp_db("p6")),
+            "ratelimit_fields = true",
+        ))
+        .await;
+        let c = client();
+        for n in 0..2 {
+            let resp = c
+                .get(gw.url("/v1/raw"))
+                .bearer_auth("free-secret")
+                .header("x-request-id", "req-9")
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(resp.status(), StatusCode::OK);
+            let h = resp.headers().clone();
+            let all = |name: &str| -> Vec<String> {
+                h.get_all(name)
+                    .iter()
+                    .map(|v| v.to_str().unwrap_or("?").to_owned())
+                    .collect()
+            };
+            assert_eq!(all("x-custom"), ["yes"], "{n}: {h:?}");
+            assert_eq!(
+                all("x-request-id"),
+                ["req-9"],
+                "{n}: weir's, not the upstream's"
+            );
+            assert_eq!(all("x-ratelimit-remaining").len(), 1, "{n}: {h:?}");
+            assert_ne!(
+                all("x-ratelimit-remaining"),
+                ["777777"],
+                "{n}: weir's count"
+            );
+            assert!(
+                all("keep-alive").is_empty() && all("x-private").is_empty(),
+                "{h:?}"
+            );
+            assert_eq!(all("date").len(), 1, "{n}: one Date: {h:?}");
+            if n == 0 {
+                assert_eq!(all("set-cookie"), ["a=1", "b=2"]);
+                assert_eq!(
+                    all("date"),
+                    ["Sun, 22 Nov 2026 00:00:00 GMT"],
+                    "the upstream's"
+                );
+                assert_eq!(resp.text().await.expect("body"), "ok");
+            } else {
+                assert!(
+                    !all("ratelimit").contains(&"\"x\";r=1;t=1".to_owned()),
+                    "{h:?}"
+                );
+            }
+        }
+        // The same through `Gateway::handle`, the service other servers embed: the fields
+        // are all in the response's map.
+        let req = http::Request::get("/v1/raw")
+            .header("authorization", "Bearer free-secret")
+            .header("x-request-id", "req-10")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let resp = gw
+            .gateway
+            .handle(req, "127.0.0.1:9".parse().expect("peer"))
+            .await;
+        let h = resp.headers();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(h["x-custom"], "yes");
+        assert_eq!(h.get_all("set-cookie").iter().count(), 2, "{h:?}");
+        assert_eq!(
+            h.get_all("x-request-id").iter().collect::<Vec<_>>(),
+            ["req-10"]
+        );
+        assert_eq!(
+            h.get_all("x-ratelimit-remaining").iter().count(),
+            1,
+            "{h:?}"
+        );
+        assert_ne!(h["x-ratelimit-remaining"], "777777");
+        assert!(h.get("keep-alive").is_none(), "{h:?}");
+    }
+
     #[tokio::test]
     async fn the_upstream_is_sent_the_callers_target_under_its_base_path() {
         let (up, mut heads) = recording_upstream().await;
