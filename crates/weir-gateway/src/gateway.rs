@@ -364,6 +364,9 @@ struct Ctx<'r> {
     /// decision only once `decided` is set.
     decision: &'r mut Option<Decision>,
     decided: bool,
+    /// The key the connection presented last, where its caller keeps one (see
+    /// [`identity::LastKey`]).
+    last_key: &'r mut identity::LastKey,
     /// The upstream response's end-to-end fields, as received, when the response is passed
     /// on: they are written to the client as they are (see [`PassedFields`]), and typed into
     /// the response's map only by a step that reads them.
@@ -613,8 +616,8 @@ impl Gateway {
 
     /// Answers one request from `peer`.
     pub async fn handle(&self, req: Request<Body>, peer: SocketAddr) -> Response<Body> {
-        let mut decision = None;
-        let (mut resp, stamp) = self.answer(req, peer, &mut decision).await;
+        let (mut decision, mut last_key) = (None, identity::LastKey::default());
+        let (mut resp, stamp) = self.answer(req, peer, &mut decision, &mut last_key).await;
         stamp.apply(resp.headers_mut());
         resp
     }
@@ -624,12 +627,14 @@ impl Gateway {
     /// response head, with no field-map inserts and no values to allocate.
     ///
     /// The limiter's decision is made in `decision`, a slot the caller keeps (and may reuse
-    /// for its next request): the returned [`Stamp`] borrows it.
+    /// for its next request): the returned [`Stamp`] borrows it. `last_key` is the key the
+    /// caller's connection presented before, if any.
     pub(crate) async fn answer<'d>(
         &self,
         req: Request<Body>,
         peer: SocketAddr,
         decision: &'d mut Option<Decision>,
+        last_key: &mut identity::LastKey,
     ) -> (Response<Body>, Stamp<'d>) {
         let started = Instant::now();
         let view = self.view();
@@ -655,6 +660,7 @@ impl Gateway {
             key_id: None,
             decision: &mut *decision,
             decided: false,
+            last_key,
             passed: None,
             upstream_ms: None,
             trace: None,
@@ -864,10 +870,11 @@ impl Gateway {
 
         // 3. Identity.
         let key = if route.auth {
-            match identity::authenticate(
+            match identity::authenticate_remembering(
                 &rt.config.keys,
                 &rt.key_index,
                 identity::presented_key(&parts.headers),
+                ctx.last_key,
                 SystemTime::now,
             ) {
                 Ok(k) => Some(k),

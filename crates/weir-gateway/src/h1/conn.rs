@@ -162,6 +162,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, settings: Settings) {
     // The slot each request's limiter decision is made in, reused request after request:
     // the decision is filled where the response's fields are written from.
     let mut decision = None;
+    // The key this connection presented last: not looked up again while it is the same.
+    let mut last_key = crate::identity::LastKey::default();
     loop {
         let Some(r) = reader.as_mut() else {
             return;
@@ -192,7 +194,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, settings: Settings) {
         else {
             return;
         };
-        let (response, stamp) = gateway.answer(request, peer, &mut decision).await;
+        let (response, stamp) = gateway
+            .answer(request, peer, &mut decision, &mut last_key)
+            .await;
         sender.responding.store(true, Ordering::Release);
         // The reader comes back only if the body was read to its end.
         let mut reusable = keep_alive;
@@ -353,9 +357,14 @@ async fn refuse(
     let refusal = Refusal::code("REQUEST_MALFORMED")
         .status(e.status())
         .message(e.to_string());
-    let mut decision = None;
+    let (mut decision, mut last_key) = (None, crate::identity::LastKey::default());
     let (response, stamp) = gateway
-        .answer(HeadRefused(refusal).into_request(), peer, &mut decision)
+        .answer(
+            HeadRefused(refusal).into_request(),
+            peer,
+            &mut decision,
+            &mut last_key,
+        )
         .await;
     respond_with(
         sender,
