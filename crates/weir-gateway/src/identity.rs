@@ -287,9 +287,10 @@ const LAST_KEY_BYTES: usize = 64;
 /// A client sends the same key on every request of its connection. Finding it means its
 /// SHA-256 and a lookup: a few hundred cycles with the CPU's SHA instructions, and about
 /// 3,500 instructions on a CPU without them, on every request. Remembered per connection,
-/// a repeated key costs a constant-time comparison with the one before (the connection's
-/// own earlier request, so the timing tells nothing its sender did not know) and the
-/// expiry check, which is never skipped. Only a key that was found is remembered, and only
+/// a repeated key costs a constant-time comparison with the one before and the expiry
+/// check, which is never skipped. What the timing can tell a sender is only whether its key
+/// is exactly the one presented before on the same connection (a key of another length is
+/// told apart sooner), never how close it is. Only a key that was found is remembered, and only
 /// for the configuration it was found in (a reload starts afresh). The bytes are those the
 /// connection's own request buffer held; they are zeroed when the connection ends.
 pub struct LastKey {

@@ -82,10 +82,11 @@ pub struct Head {
 ///
 /// A proxy that only passes a response on reads none of its fields, and typing each (a
 /// name looked up among the standard ones, a value checked byte by byte and given a
-/// reference to the head, a hashed insert) and writing it out again from the map was a
-/// fifth of what weir did per proxied request. `httparse` has checked every name and value
-/// against the same grammar `http` holds them to, so typing them later, for whoever does
-/// read them ([`PassedFields::type_into`]), gives what the map would have held.
+/// reference to the head, a hashed insert) and writing it out again from the map was
+/// about 5% of weir's instructions per proxied request. `httparse` has checked every name
+/// and value against the same grammar `http` holds them to, so typing them later, for
+/// whoever does read them ([`PassedFields::type_into`]), gives what the map would have held
+/// (the `upstream_response` fuzz target checks both ways that the two parses agree).
 #[derive(Clone)]
 pub struct PassedFields {
     head: Bytes,
