@@ -210,7 +210,11 @@ impl Stamp<'_> {
     /// Whether the response's own field `name` gives way to one of these: exactly the
     /// names [`Stamp::write`] writes.
     pub(crate) fn replaces(&self, name: &HeaderName) -> bool {
-        let name = name.as_str();
+        self.replaces_lower(name.as_str())
+    }
+
+    /// [`Stamp::replaces`] for a lower-case name.
+    fn replaces_lower(&self, name: &str) -> bool {
         name == "x-request-id"
             || self.decision.is_some_and(|d| {
                 respond::has_limit_field(name, d, self.view.config.ratelimit_fields)
@@ -235,13 +239,7 @@ impl Stamp<'_> {
         };
         to.copy_from_slice(name);
         to.make_ascii_lowercase();
-        let Ok(name) = std::str::from_utf8(to) else {
-            return false;
-        };
-        name == "x-request-id"
-            || self.decision.is_some_and(|d| {
-                respond::has_limit_field(name, d, self.view.config.ratelimit_fields)
-            })
+        std::str::from_utf8(to).is_ok_and(|name| self.replaces_lower(name))
     }
 
     /// Writes the fields as lines of a response head.

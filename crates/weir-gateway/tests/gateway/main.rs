@@ -52,39 +52,7 @@ mod proxy {
         std::net::SocketAddr,
         tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
     ) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                            buf.drain(..end + 4);
-                            let _ = tx.send(head.split("\r\n").map(str::to_owned).collect());
-                            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                });
-            }
-        });
-        (addr, rx)
+        scripted_upstream(&["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]).await
     }
 
     #[tokio::test]
@@ -161,23 +129,33 @@ mod proxy {
     }
 
     /// An upstream that answers its requests with `answers` in turn, one connection after
-    /// another or several on one (the last answer again after the list).
-    async fn scripted_upstream(answers: &'static [&'static str]) -> std::net::SocketAddr {
+    /// another or several on one (the last answer again after the list), and reports each
+    /// request head it got (lower-cased: its request line, then its field lines in order)
+    /// on the channel.
+    async fn scripted_upstream(
+        answers: &'static [&'static str],
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
+    ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
-                let served = served.clone();
+                let (tx, served) = (tx.clone(), served.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
                     loop {
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
                             buf.drain(..end + 4);
+                            let _ = tx.send(head.split("\r\n").map(str::to_owned).collect());
                             let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             let answer = answers[n.min(answers.len() - 1)];
                             if s.write_all(answer.as_bytes()).await.is_err() {
@@ -192,7 +170,7 @@ mod proxy {
                 });
             }
         });
-        addr
+        (addr, rx)
     }
 
     #[tokio::test]
@@ -202,7 +180,7 @@ mod proxy {
         const PASSED: &str = "HTTP/1.1 200 OK\r\nX-Custom: yes\r\nX-REQUEST-ID: upstream-id\r\n\
              x-ratelimit-remaining: 777777\r\nKeep-Alive: timeout=5\r\nSet-Cookie: a=1\r\n\
              Date: Sun, 22 Nov 2026 00:00:00 GMT\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok";
-        let up = scripted_upstream(&[
+        let (up, _heads) = scripted_upstream(&[
             PASSED,
             "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nX-Private: secret\r\n\
              X-Custom: yes\r\nRateLimit: \"x\";r=1;t=1\r\nContent-Length: 2\r\n\r\nok",
