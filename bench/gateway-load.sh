@@ -22,6 +22,9 @@
 # machine's speed drifts by more than the difference being measured over a round of ten-second
 # runs, and two runs a few seconds apart see the same machine. The goal's figure is the
 # median of the pairs' ratios, shown with its quartiles and how many pairs reached 1.0.
+# Placement: weir runs with its default `server.cpu_affinity = "auto"` (a worker pinned per
+# CPU) and nginx with its default (no `worker_cpu_affinity`). To see what placement alone
+# does, WEIR_AFFINITY=none runs weir unpinned, NGINX_AFFINITY=auto pins nginx's workers.
 # Beside throughput, each row has the CPU time (user + system, from /proc) spent per request
 # by the proxy, by the upstream, by the client (wrk) and by the whole machine: it explains
 # the throughput, and it moves less than throughput from run to run.
@@ -32,6 +35,10 @@ CONNS="${2:-64}"
 ROUNDS="${3:-3}"
 PAIRS="${4:-20}"
 PAIR_SECS="${5:-3}"
+WEIR_AFFINITY="${WEIR_AFFINITY:-auto}"
+NGINX_AFFINITY="${NGINX_AFFINITY:-none}"
+# nginx has no "off": its default is the directive left out.
+NGINX_PLACEMENT=""; [ "$NGINX_AFFINITY" = none ] || NGINX_PLACEMENT="worker_cpu_affinity $NGINX_AFFINITY;"
 command -v nginx >/dev/null || { echo "needs nginx (apt-get install nginx-light)"; exit 2; }
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 2; }
 cargo build --release -q -p weir
@@ -50,7 +57,7 @@ http { access_log off; keepalive_requests 1000000;
     location / { default_type application/json; return 200 '{"ok":true,"from":"upstream"}'; } } }
 CONF
 cat > "$WORK/ng/nginx.conf" <<CONF
-daemon off; worker_processes auto; pid $WORK/ng.pid; error_log $WORK/ng/error.log;
+daemon off; worker_processes auto; $NGINX_PLACEMENT pid $WORK/ng.pid; error_log $WORK/ng/error.log;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
   limit_req_zone \$binary_remote_addr zone=perip:10m rate=1000000r/s;
@@ -63,7 +70,7 @@ CONF
 # weir's a UUID; the trace id is the request id, the parent id fixed).
 RESET=$(( $(date +%s) + 60 ))
 cat > "$WORK/ngf/nginx.conf" <<CONF
-daemon off; worker_processes auto; pid $WORK/ngf.pid; error_log $WORK/ngf/error.log;
+daemon off; worker_processes auto; $NGINX_PLACEMENT pid $WORK/ngf.pid; error_log $WORK/ngf/error.log;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
   map \$http_authorization \$key_id { "Bearer bench-key" bench; default ""; }
@@ -98,6 +105,7 @@ cat > "$WORK/weir.toml" <<CONF
 listen = "127.0.0.1:$WEIR"
 admin_listen = "127.0.0.1:$ADMIN"
 ratelimit_fields = true
+cpu_affinity = "$WEIR_AFFINITY"
 [upstreams.up]
 url = "http://127.0.0.1:$UP"
 [[routes]]
@@ -204,7 +212,7 @@ done
 curl -s -D - -o /dev/null -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" | grep -iE '^(x-ratelimit|ratelimit|x-request-id)' > "$WORK/headers.txt" || true
 curl -s -D - -o /dev/null -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$NGF/v1/x" | grep -iE '^(x-ratelimit|ratelimit|x-request-id)' > "$WORK/headers-ngf.txt" || true
 
-echo "wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS rounds, then $PAIRS alternating pairs of ${PAIR_SECS}s, $(nproc) cores; weir checks 3 limits (org plan, IP, user) and sends X-RateLimit-*, RateLimit, RateLimit-Policy, X-Request-Id on every response"
+echo "wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS rounds, then $PAIRS alternating pairs of ${PAIR_SECS}s, $(nproc) cores, weir cpu_affinity $WEIR_AFFINITY, nginx worker_cpu_affinity $NGINX_AFFINITY; weir checks 3 limits (org plan, IP, user) and sends X-RateLimit-*, RateLimit, RateLimit-Policy, X-Request-Id on every response"
 echo
 echo "CPU columns: µs of CPU (user + system) per request, of the proxy, of the upstream, of the client (wrk) and of the whole machine."
 echo

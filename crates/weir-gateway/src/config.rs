@@ -129,6 +129,8 @@ struct RawServer {
     workers: usize,
     #[serde(default = "default_balance")]
     connection_balance: String,
+    #[serde(default = "default_cpu_affinity")]
+    cpu_affinity: String,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
     #[serde(default = "default_header_timeout")]
@@ -192,6 +194,7 @@ impl Default for RawServer {
             error_type_base: default_error_doc(),
             workers: 0,
             connection_balance: default_balance(),
+            cpu_affinity: default_cpu_affinity(),
             max_connections: default_max_connections(),
             header_read_timeout: default_header_timeout(),
             body_read_timeout: default_body_timeout(),
@@ -209,6 +212,9 @@ fn default_admin() -> String {
 }
 fn default_balance() -> String {
     "least-connections".into()
+}
+fn default_cpu_affinity() -> String {
+    "auto".into()
 }
 fn default_max_connections() -> usize {
     10_000
@@ -583,6 +589,8 @@ pub struct Config {
     pub workers: usize,
     /// How accepted connections are spread over the workers.
     pub connection_balance: BalanceMode,
+    /// Whether each worker thread is pinned to a CPU of its own.
+    pub cpu_affinity: crate::affinity::CpuAffinity,
     /// The most client connections served at once; at the cap, new connections wait in
     /// the kernel's listen queue until one ends.
     pub max_connections: usize,
@@ -1088,6 +1096,17 @@ impl Config {
                     ),
                 )
             })?,
+            cpu_affinity: crate::affinity::CpuAffinity::parse(&s.cpu_affinity).ok_or_else(
+                || {
+                    err(
+                        "server.cpu_affinity",
+                        format!(
+                            "unknown value {:?}; use \"auto\" or \"none\"",
+                            s.cpu_affinity
+                        ),
+                    )
+                },
+            )?,
             max_connections: if s.max_connections == 0 {
                 return Err(err(
                     "server.max_connections",
@@ -1158,6 +1177,19 @@ mod tests {
             .expect_err("unknown balance");
         assert_eq!(e.path, "server.connection_balance");
         assert!(e.message.contains("least-connections"), "{e}");
+        let e = Config::parse("[server]\ncpu_affinity = \"all\"\n").expect_err("unknown affinity");
+        assert_eq!(e.path, "server.cpu_affinity");
+        assert!(e.to_string().contains("\"auto\" or \"none\""), "{e}");
+        assert_eq!(
+            Config::parse("").expect("defaults").cpu_affinity,
+            crate::affinity::CpuAffinity::Auto
+        );
+        assert_eq!(
+            Config::parse("[server]\ncpu_affinity = \"none\"\n")
+                .expect("none")
+                .cpu_affinity,
+            crate::affinity::CpuAffinity::None
+        );
         let ok = Config::parse("[server]\nconnection_balance = \"none\"\n").expect("none");
         assert_eq!(ok.connection_balance, BalanceMode::None);
         assert_eq!(

@@ -582,10 +582,11 @@ impl Gateway {
         }
         if o.workers != config.workers
             || o.connection_balance != config.connection_balance
+            || o.cpu_affinity != config.cpu_affinity
             || o.max_connections != config.max_connections
         {
             return Err(GatewayError::Reload(
-                "server.workers, server.connection_balance and server.max_connections change only on restart".into(),
+                "server.workers, server.connection_balance, server.cpu_affinity and server.max_connections change only on restart".into(),
             ));
         }
         if o.store != config.store {

@@ -5,6 +5,7 @@
 //! pipeline step by step; [`layer`] offers the request-id and rate-limit middleware on
 //! their own for any axum app. Configuration: [`config`] and `docs/configuration.md`.
 
+pub mod affinity;
 pub mod balance;
 pub mod body;
 pub mod client_ip;

@@ -47,6 +47,8 @@ pub struct Server {
     admin: TcpListener,
     grace: Duration,
     workers: usize,
+    /// The CPU each worker thread is pinned to (`None`: the OS places them).
+    cpus: Option<Vec<usize>>,
     balancer: Arc<Balancer>,
     inboxes: Vec<mpsc::UnboundedReceiver<Handoff>>,
     draining: Arc<AtomicBool>,
@@ -67,6 +69,7 @@ impl Server {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             n => n,
         };
+        let cpus = placement(config.cpu_affinity, workers);
         // The recorder first: the balancer registers its gauges.
         let _ = metrics_handle();
         let (balancer, inboxes) =
@@ -83,6 +86,7 @@ impl Server {
             admin,
             grace,
             workers,
+            cpus,
             balancer,
             inboxes,
             draining: Arc::new(AtomicBool::new(false)),
@@ -107,6 +111,12 @@ impl Server {
     /// resolved to the available cores).
     pub fn workers(&self) -> usize {
         self.workers
+    }
+
+    /// The CPU each worker thread is pinned to, by worker (`server.cpu_affinity`); `None`
+    /// when the operating system places them.
+    pub fn cpus(&self) -> Option<&[usize]> {
+        self.cpus.as_deref()
     }
 
     /// The connection counts of the worker threads (see [`crate::balance`]).
@@ -193,7 +203,11 @@ impl Server {
         let (balancer, inboxes) = (self.balancer, self.inboxes);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut threads = Vec::with_capacity(workers);
+        if let Some(cpus) = &self.cpus {
+            tracing::info!(?cpus, "worker threads pinned, one per CPU");
+        }
         for (n, inbox) in inboxes.into_iter().enumerate() {
+            let cpu = self.cpus.as_ref().and_then(|c| c.get(n).copied());
             let l = listener.try_clone()?;
             let worker = Worker {
                 index: n,
@@ -208,6 +222,11 @@ impl Server {
                 std::thread::Builder::new()
                     .name(format!("weir-worker-{n}"))
                     .spawn(move || {
+                        if let Some(cpu) = cpu {
+                            if let Err(e) = crate::affinity::pin_current(cpu) {
+                                tracing::warn!(worker = n, cpu, error = %e, "could not pin the worker thread; the operating system places it");
+                            }
+                        }
                         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                             .enable_all()
                             .build()
@@ -260,6 +279,31 @@ impl Server {
         let _ = admin_task.await;
         upkeep.abort();
         Ok(())
+    }
+}
+
+/// The CPUs the worker threads are pinned to under `affinity` (see [`crate::affinity`]),
+/// or `None`, saying why in the log when pinning was asked for.
+fn placement(affinity: crate::affinity::CpuAffinity, workers: usize) -> Option<Vec<usize>> {
+    if affinity == crate::affinity::CpuAffinity::None {
+        return None;
+    }
+    match crate::affinity::allowed() {
+        Ok(cpus) => {
+            let placed = crate::affinity::assign(&cpus, workers);
+            if placed.is_none() {
+                tracing::info!(
+                    workers,
+                    cpus = cpus.len(),
+                    "more worker threads than CPUs: the operating system places them"
+                );
+            }
+            placed
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "CPU affinity unavailable: the operating system places the worker threads");
+            None
+        }
     }
 }
 

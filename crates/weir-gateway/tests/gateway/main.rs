@@ -1334,6 +1334,18 @@ mod operations {
             .reload(changed)
             .expect_err("the balance needs a restart");
         assert!(e.to_string().contains("server.connection_balance"), "{e}");
+        let mut changed = weir_gateway::Config::parse(
+            &text.replace("workers = 1", "workers = 1\ncpu_affinity = \"none\""),
+        )
+        .expect("config");
+        changed.listen = gw.addr;
+        changed.admin_listen = gw.admin;
+        changed.idempotency = gw.gateway.runtime().config.idempotency.clone();
+        let e = gw
+            .gateway
+            .reload(changed)
+            .expect_err("the affinity needs a restart");
+        assert!(e.to_string().contains("server.cpu_affinity"), "{e}");
 
         let default = weir_gateway::Server::bind(
             weir_gateway::Config::parse(&config(ECHO, &temp_db("o5"))).expect("config"),
