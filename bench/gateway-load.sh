@@ -22,9 +22,9 @@
 # machine's speed drifts by more than the difference being measured over a round of ten-second
 # runs, and two runs a few seconds apart see the same machine. The goal's figure is the
 # median of the pairs' ratios, shown with its quartiles and how many pairs reached 1.0.
-# Placement: weir runs with its default `server.cpu_affinity = "auto"` (a worker pinned per
-# CPU) and nginx with its default (no `worker_cpu_affinity`). To see what placement alone
-# does, WEIR_AFFINITY=none runs weir unpinned, NGINX_AFFINITY=auto pins nginx's workers.
+# Placement: both run with their defaults, the operating system placing the workers. To see
+# what pinning does, WEIR_AFFINITY=auto pins weir's workers (`server.cpu_affinity`), and
+# NGINX_AFFINITY=auto pins nginx's (`worker_cpu_affinity auto`).
 # Beside throughput, each row has the CPU time (user + system, from /proc) spent per request
 # by the proxy, by the upstream, by the client (wrk) and by the whole machine: it explains
 # the throughput, and it moves less than throughput from run to run.
@@ -35,7 +35,7 @@ CONNS="${2:-64}"
 ROUNDS="${3:-3}"
 PAIRS="${4:-20}"
 PAIR_SECS="${5:-3}"
-WEIR_AFFINITY="${WEIR_AFFINITY:-auto}"
+WEIR_AFFINITY="${WEIR_AFFINITY:-none}"
 NGINX_AFFINITY="${NGINX_AFFINITY:-none}"
 # nginx has no "off": its default is the directive left out.
 NGINX_PLACEMENT=""; [ "$NGINX_AFFINITY" = none ] || NGINX_PLACEMENT="worker_cpu_affinity $NGINX_AFFINITY;"

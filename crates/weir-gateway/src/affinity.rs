@@ -4,12 +4,18 @@
 //! request to another, so the workers are only as good as the CPUs they get. Left to the
 //! operating system, two busy workers of one process can end up queued on the same CPU
 //! while another CPU sits idle, the balancer leaving them there because each ran a moment
-//! ago (their caches are "hot"). Measured on the 2-core benchmark machine (Linux 6.18,
-//! weir, wrk and the upstream sharing both cores): unpinned, weir spent runs of 5–10 s
-//! with the machine 10–20% idle and 30% fewer requests served; pinned, every run kept
-//! the machine busy. Pinning worker `i` to the `i`-th CPU the process may use keeps the
-//! workers apart, and every other process (and weir's own admin threads) stays free to
-//! move around them.
+//! ago (their caches are "hot"): on the 2-core benchmark machine (Linux 6.18, weir, wrk and
+//! the upstream sharing both cores), whole runs of several seconds had the machine 10–20%
+//! idle and about 30% fewer requests served, `perf sched` showing one CPU idling between
+//! short runs of wrk while the other queued weir's workers and the upstream. Pinning worker `i` to the `i`-th CPU
+//! the process may use keeps the workers apart, and every other process (and weir's own
+//! admin threads) stays free to move around them.
+//!
+//! It is not the default: on that machine pinning also took from weir the freedom to move
+//! away from a CPU that wrk or the upstream was busy on, and over the issue-5 benchmark the
+//! two balanced out (three pinned runs: 0.966x, 0.986x and 0.967x of nginx over their
+//! alternating pairs; two unpinned: 1.001x and 0.988x). Where weir has CPUs to itself,
+//! pinning is the usual choice for a thread-per-core server.
 //!
 //! Pinning is skipped when there are more workers than CPUs (two workers would then share
 //! one CPU for good, which the scheduler does better) and where the platform has no
@@ -19,9 +25,9 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CpuAffinity {
     /// Worker `i` runs only on the `i`-th CPU the process may use.
-    #[default]
     Auto,
     /// The operating system places the worker threads.
+    #[default]
     None,
 }
 
@@ -87,7 +93,7 @@ mod tests {
         assert_eq!(CpuAffinity::parse("none"), Some(CpuAffinity::None));
         assert_eq!(CpuAffinity::parse("Auto"), None);
         assert_eq!(CpuAffinity::parse(""), None);
-        assert_eq!(CpuAffinity::default(), CpuAffinity::Auto);
+        assert_eq!(CpuAffinity::default(), CpuAffinity::None);
     }
 
     #[test]

@@ -214,7 +214,7 @@ fn default_balance() -> String {
     "least-connections".into()
 }
 fn default_cpu_affinity() -> String {
-    "auto".into()
+    "none".into()
 }
 fn default_max_connections() -> usize {
     10_000
@@ -1182,13 +1182,13 @@ mod tests {
         assert!(e.to_string().contains("\"auto\" or \"none\""), "{e}");
         assert_eq!(
             Config::parse("").expect("defaults").cpu_affinity,
-            crate::affinity::CpuAffinity::Auto
+            crate::affinity::CpuAffinity::None
         );
         assert_eq!(
-            Config::parse("[server]\ncpu_affinity = \"none\"\n")
-                .expect("none")
+            Config::parse("[server]\ncpu_affinity = \"auto\"\n")
+                .expect("auto")
                 .cpu_affinity,
-            crate::affinity::CpuAffinity::None
+            crate::affinity::CpuAffinity::Auto
         );
         let ok = Config::parse("[server]\nconnection_balance = \"none\"\n").expect("none");
         assert_eq!(ok.connection_balance, BalanceMode::None);

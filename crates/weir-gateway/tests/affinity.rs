@@ -86,18 +86,22 @@ async fn new_thread(name: &str, known: &[(u32, Vec<usize>)], expected: &[usize])
 }
 
 #[tokio::test]
-async fn workers_are_pinned_one_per_cpu_unless_told_not_to() {
+async fn workers_are_pinned_one_per_cpu_when_asked() {
     let mine = cpus_of(&std::fs::read_to_string("/proc/thread-self/status").expect("status"));
 
-    // "none": the worker may run wherever the process may.
-    let (stop_none, cpus) = start("workers = 1\ncpu_affinity = \"none\"").await;
+    // The default ("none"): the worker may run wherever the process may.
+    let (stop_none, cpus) = start("workers = 1").await;
     assert_eq!(cpus, None);
     let allowed = new_thread("weir-worker-0", &[], &mine).await;
     assert_eq!(allowed, mine, "an unpinned worker keeps the process's CPUs");
 
-    // The default ("auto"), with as many workers as CPUs: each on its own CPU, in order.
+    // "auto", with as many workers as CPUs: each on its own CPU, in order.
     let known = threads_named("weir-worker-0");
-    let (stop_auto, cpus) = start(&format!("workers = {}", mine.len())).await;
+    let (stop_auto, cpus) = start(&format!(
+        "workers = {}\ncpu_affinity = \"auto\"",
+        mine.len()
+    ))
+    .await;
     assert_eq!(cpus.as_deref(), Some(mine.as_slice()));
     for (n, cpu) in mine.iter().enumerate() {
         let name = format!("weir-worker-{n}");
@@ -108,7 +112,11 @@ async fn workers_are_pinned_one_per_cpu_unless_told_not_to() {
 
     // More workers than CPUs: left to the operating system.
     let known = threads_named("weir-worker-0");
-    let (stop_more, cpus) = start(&format!("workers = {}", mine.len() + 1)).await;
+    let (stop_more, cpus) = start(&format!(
+        "workers = {}\ncpu_affinity = \"auto\"",
+        mine.len() + 1
+    ))
+    .await;
     assert_eq!(cpus, None);
     let allowed = new_thread("weir-worker-0", &known, &mine).await;
     assert_eq!(allowed, mine, "more workers than CPUs are not pinned");

@@ -1335,7 +1335,7 @@ mod operations {
             .expect_err("the balance needs a restart");
         assert!(e.to_string().contains("server.connection_balance"), "{e}");
         let mut changed = weir_gateway::Config::parse(
-            &text.replace("workers = 1", "workers = 1\ncpu_affinity = \"none\""),
+            &text.replace("workers = 1", "workers = 1\ncpu_affinity = \"auto\""),
         )
         .expect("config");
         changed.listen = gw.addr;
