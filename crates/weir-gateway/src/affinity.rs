@@ -14,7 +14,7 @@
 //! It is not the default: on that machine pinning also took from weir the freedom to move
 //! away from a CPU that wrk or the upstream was busy on, and over the issue-5 benchmark the
 //! two balanced out (three pinned runs: 0.966x, 0.986x and 0.967x of nginx over their
-//! alternating pairs; two unpinned: 1.001x and 0.988x). Where weir has CPUs to itself,
+//! alternating pairs; four unpinned: 1.001x, 0.988x, 0.991x and 0.998x). Where weir has CPUs to itself,
 //! pinning is the usual choice for a thread-per-core server.
 //!
 //! Pinning is skipped when there are more workers than CPUs (two workers would then share
