@@ -1312,40 +1312,29 @@ mod operations {
             .await
             .expect("send");
         assert_eq!(resp.status(), StatusCode::OK, "one worker serves");
-        let mut changed = weir_gateway::Config::parse(&text.replace("workers = 1", "workers = 2"))
-            .expect("config");
-        changed.listen = gw.addr;
-        changed.admin_listen = gw.admin;
-        changed.idempotency = gw.gateway.runtime().config.idempotency.clone();
-        let e = gw
-            .gateway
-            .reload(changed)
-            .expect_err("workers need a restart");
-        assert!(e.to_string().contains("server.workers"), "{e}");
-        let mut changed = weir_gateway::Config::parse(
-            &text.replace("workers = 1", "workers = 1\nconnection_balance = \"none\""),
-        )
-        .expect("config");
-        changed.listen = gw.addr;
-        changed.admin_listen = gw.admin;
-        changed.idempotency = gw.gateway.runtime().config.idempotency.clone();
-        let e = gw
-            .gateway
-            .reload(changed)
-            .expect_err("the balance needs a restart");
-        assert!(e.to_string().contains("server.connection_balance"), "{e}");
-        let mut changed = weir_gateway::Config::parse(
-            &text.replace("workers = 1", "workers = 1\ncpu_affinity = \"auto\""),
-        )
-        .expect("config");
-        changed.listen = gw.addr;
-        changed.admin_listen = gw.admin;
-        changed.idempotency = gw.gateway.runtime().config.idempotency.clone();
-        let e = gw
-            .gateway
-            .reload(changed)
-            .expect_err("the affinity needs a restart");
-        assert!(e.to_string().contains("server.cpu_affinity"), "{e}");
+        // Each restart-only setting, changed alone, is refused by a reload that names it.
+        for (setting, key) in [
+            ("workers = 2", "server.workers"),
+            (
+                "workers = 1\nconnection_balance = \"none\"",
+                "server.connection_balance",
+            ),
+            (
+                "workers = 1\ncpu_affinity = \"auto\"",
+                "server.cpu_affinity",
+            ),
+        ] {
+            let mut changed =
+                weir_gateway::Config::parse(&text.replace("workers = 1", setting)).expect("config");
+            changed.listen = gw.addr;
+            changed.admin_listen = gw.admin;
+            changed.idempotency = gw.gateway.runtime().config.idempotency.clone();
+            let e = gw
+                .gateway
+                .reload(changed)
+                .expect_err("a restart-only setting");
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
 
         let default = weir_gateway::Server::bind(
             weir_gateway::Config::parse(&config(ECHO, &temp_db("o5"))).expect("config"),
