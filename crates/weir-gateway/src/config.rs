@@ -139,6 +139,8 @@ struct RawServer {
     body_read_timeout: String,
     #[serde(default = "default_write_timeout")]
     response_write_timeout: String,
+    #[serde(default = "yes")]
+    batch_response_writes: bool,
     #[serde(default)]
     identity_headers: RawIdentityHeaders,
 }
@@ -199,6 +201,7 @@ impl Default for RawServer {
             header_read_timeout: default_header_timeout(),
             body_read_timeout: default_body_timeout(),
             response_write_timeout: default_write_timeout(),
+            batch_response_writes: true,
             identity_headers: RawIdentityHeaders::default(),
         }
     }
@@ -605,6 +608,10 @@ pub struct Config {
     /// then weir closes the connection, so a client that stops reading cannot hold the
     /// connection, its upstream exchange and its concurrency slot forever.
     pub response_write_timeout: Duration,
+    /// Whether a worker writes a ready response only once the other work ready on its
+    /// thread has run (see `h1::conn::after_round`): the client woken by the response then
+    /// does not cut into the worker's round, for a wait of at most that round.
+    pub batch_response_writes: bool,
     /// The names of the fields that tell the upstream who is calling.
     pub identity_headers: IdentityHeaders,
     /// Store.
@@ -1121,6 +1128,7 @@ impl Config {
                 "server.response_write_timeout",
                 &s.response_write_timeout,
             )?,
+            batch_response_writes: s.batch_response_writes,
             identity_headers: identity_names,
             store,
             idempotency,
@@ -1177,6 +1185,15 @@ mod tests {
             .expect_err("unknown balance");
         assert_eq!(e.path, "server.connection_balance");
         assert!(e.message.contains("least-connections"), "{e}");
+        assert!(Config::parse("").expect("defaults").batch_response_writes);
+        assert!(
+            !Config::parse("[server]\nbatch_response_writes = false\n")
+                .expect("off")
+                .batch_response_writes
+        );
+        let e =
+            Config::parse("[server]\nbatch_response_writes = \"yes\"\n").expect_err("not a bool");
+        assert_eq!(e.path, "server.batch_response_writes");
         let e = Config::parse("[server]\ncpu_affinity = \"all\"\n").expect_err("unknown affinity");
         assert_eq!(e.path, "server.cpu_affinity");
         assert!(e.to_string().contains("\"auto\" or \"none\""), "{e}");

@@ -405,6 +405,7 @@ impl Worker {
             gateway: self.gateway.clone(),
             header_timeout: config.header_read_timeout,
             write_timeout: config.response_write_timeout,
+            batch_writes: config.batch_response_writes,
             drain: self.drain.subscribe(),
             wake: self.wake.clone(),
         };

@@ -1774,7 +1774,22 @@ mod http1 {
 
     #[tokio::test]
     async fn pipelined_requests_are_answered_in_order_on_one_connection() {
-        let gw = start(&config(ECHO, &temp_db("h1"))).await;
+        pipelined_in_order(&config(ECHO, &temp_db("h1"))).await;
+    }
+
+    /// The same with `batch_response_writes = false`: each response written the moment it
+    /// is ready, not at the end of the worker's round.
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_when_written_at_once() {
+        let text = with_server(
+            &config(ECHO, &temp_db("h1w")),
+            "batch_response_writes = false",
+        );
+        pipelined_in_order(&text).await;
+    }
+
+    async fn pipelined_in_order(toml: &str) {
+        let gw = start(toml).await;
         let mut s = connect(&gw).await;
         let one = "GET /v1/echo/first HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\nX-Request-Id: req-1\r\n\r\n";
         let two = "GET /v1/echo/second HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer free-secret\r\nX-Request-Id: req-2\r\n\r\n";
