@@ -26,8 +26,10 @@
 # what pinning does, WEIR_AFFINITY=auto pins weir's workers (`server.cpu_affinity`), and
 # NGINX_AFFINITY=auto pins nginx's (`worker_cpu_affinity auto`).
 # Beside throughput, each row has the CPU time (user + system, from /proc) spent per request
-# by the proxy, by the upstream, by the client (wrk) and by the whole machine: it explains
-# the throughput, and it moves less than throughput from run to run.
+# by the proxy, by the upstream, by the client (wrk) and by the whole machine, and the share
+# of the machine's CPU time left idle (the pairs report it too): throughput is the busy
+# share of the CPUs divided by the machine's CPU per request, and both move less than
+# throughput from run to run. bench/idle-balance.py tells where idle time comes from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
@@ -162,17 +164,17 @@ ticks() {
   for p in "${all[@]}"; do cat /proc/"$p"/task/*/stat 2>/dev/null; done |
     awk '{sub(/^.*\) /, ""); t += $12 + $13} END {print t + 0}'
 }
-# Busy clock ticks of the whole machine (everything but idle and iowait).
-busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# Clock ticks of the whole machine: busy (everything but idle and iowait), then all of them.
+machine() { awk '/^cpu / {b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6}' /proc/stat; }
 HZ=$(getconf CLK_TCK)
 per_req() { python3 -c "print(f'{$1 / $HZ / $2 * 1e6:.1f}')"; }
 run() { # name url extra-header proxy-pid (empty for the upstream itself) [wrk script]
-  local p0 u0 m0 out p1 u1 m1 script=()
+  local p0 u0 m0 t0 out p1 u1 m1 t1 script=()
   [ -n "${5:-}" ] && script=(-s "$5")
-  p0=$(ticks $4); u0=$(ticks "$(cat "$WORK/up-master.pid")"); m0=$(busy)
+  p0=$(ticks $4); u0=$(ticks "$(cat "$WORK/up-master.pid")"); read -r m0 t0 < <(machine)
   # `times` after wrk: the CPU time of the subshell's children, i.e. of wrk.
   out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "${script[@]}" -H "$3" "$2"; times)
-  p1=$(ticks $4); u1=$(ticks "$(cat "$WORK/up-master.pid")"); m1=$(busy)
+  p1=$(ticks $4); u1=$(ticks "$(cat "$WORK/up-master.pid")"); read -r m1 t1 < <(machine)
   local rps p50 p99 non2xx n
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
@@ -182,7 +184,10 @@ run() { # name url extra-header proxy-pid (empty for the upstream itself) [wrk s
   local proxy="-"; [ -n "$4" ] && proxy=$(per_req $((p1 - p0)) "$n")
   local client
   client=$(tail -n1 <<<"$out" | awk -v n="$n" '{t = 0; for (i = 1; i <= 2; i++) {split($i, a, /[ms]/); t += a[1] * 60 + a[2]} printf "%.1f", t / n * 1e6}')
-  echo "$1|$rps|$p50|$p99|$non2xx|$proxy|$(per_req $((u1 - u0)) "$n")|$client|$(per_req $((m1 - m0)) "$n")"
+  # The share of the machine's CPU time left idle during the run.
+  local idle
+  idle=$(python3 -c "print(f'{100 * (1 - $((m1 - m0)) / max($((t1 - t0)), 1)):.1f}')")
+  echo "$1|$rps|$p50|$p99|$non2xx|$proxy|$(per_req $((u1 - u0)) "$n")|$client|$(per_req $((m1 - m0)) "$n")|$idle"
 }
 # Warm-up, then ROUNDS rounds of the six measurements back to back.
 wrk -t1 -c8 -d2s -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" >/dev/null
@@ -197,7 +202,14 @@ for r in $(seq "$ROUNDS"); do
   rows+=("$(run "upstream directly, sent weir's eight fields" "http://127.0.0.1:$UP/v1/x" "X-Bench: 1" "" "$WORK/fields.lua")|$r")
 done
 # The alternating pairs: weir's and nginx's requests/s, each pair measured back to back.
-rps_of() { wrk -t2 -c"$CONNS" -d"${PAIR_SECS}s" -H "$2" "$1" | awk '/^Requests\/sec/ {print $2}'; }
+# Prints requests/s and the machine's idle share (%) during the run.
+rps_of() {
+  local m0 t0 m1 t1 rps
+  read -r m0 t0 < <(machine)
+  rps=$(wrk -t2 -c"$CONNS" -d"${PAIR_SECS}s" -H "$2" "$1" | awk '/^Requests\/sec/ {print $2}')
+  read -r m1 t1 < <(machine)
+  python3 -c "print(f'$rps {100 * (1 - $((m1 - m0)) / max($((t1 - t0)), 1)):.1f}')"
+}
 pairs=()
 for i in $(seq "$PAIRS"); do
   if (( i % 2 )); then
@@ -214,19 +226,21 @@ curl -s -D - -o /dev/null -H 'Authorization: Bearer bench-key' "http://127.0.0.1
 
 echo "wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS rounds, then $PAIRS alternating pairs of ${PAIR_SECS}s, $(nproc) cores, weir cpu_affinity $WEIR_AFFINITY, nginx worker_cpu_affinity $NGINX_AFFINITY; weir checks 3 limits (org plan, IP, user) and sends X-RateLimit-*, RateLimit, RateLimit-Policy, X-Request-Id on every response"
 echo
-echo "CPU columns: µs of CPU (user + system) per request, of the proxy, of the upstream, of the client (wrk) and of the whole machine."
+echo "CPU columns: µs of CPU (user + system) per request, of the proxy, of the upstream, of the client (wrk) and of the whole machine; idle: the share of the machine's CPU time left idle during the run."
 echo
-echo "| round | setup | requests/s | p50 | p99 | non-2xx | proxy CPU | upstream CPU | client CPU | machine CPU |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
-for row in "${rows[@]}"; do IFS='|' read -r n rps a b x pc uc cc mc round <<<"$row"; echo "| $round | $n | $rps | $a | $b | $x | $pc | $uc | $cc | $mc |"; done
+echo "| round | setup | requests/s | p50 | p99 | non-2xx | proxy CPU | upstream CPU | client CPU | machine CPU | idle % |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+for row in "${rows[@]}"; do IFS='|' read -r n rps a b x pc uc cc mc idle round <<<"$row"; echo "| $round | $n | $rps | $a | $b | $x | $pc | $uc | $cc | $mc | $idle |"; done
 median() { sort -n | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
 # The median over setup $1's rounds of column $2 of its rows
-# (0 name, 1 requests/s, 2 p50, 3 p99, 4 non-2xx, 5 proxy, 6 upstream, 7 client, 8 machine CPU).
+# (0 name, 1 requests/s, 2 p50, 3 p99, 4 non-2xx, 5 proxy, 6 upstream, 7 client, 8 machine CPU,
+# 9 idle).
 col_of() { for row in "${rows[@]}"; do IFS='|' read -r -a f <<<"$row"; if [ "${f[0]}" = "$1" ]; then echo "${f[$2]}"; fi; done | median; }
 med_of() { col_of "$1" 1; }
 cpu_of() { col_of "$1" 5; }
 up_cpu_of() { col_of "$1" 6; }
 client_cpu_of() { col_of "$1" 7; }
+idle_of() { col_of "$1" 9; }
 ud=$(med_of "upstream directly"); wr=$(med_of "weir -> upstream"); nr=$(med_of "nginx limit_req -> upstream")
 lr=$(med_of "weir, no identity fields -> upstream"); fr=$(med_of "nginx, same limits and fields -> upstream")
 # The ratio of two setups round by round (measured back to back in each), sorted: its spread
@@ -235,7 +249,7 @@ per_round() {
   for r in $(seq "$ROUNDS"); do
     local a="" b="" n rps round
     for row in "${rows[@]}"; do
-      IFS='|' read -r n rps _ _ _ _ _ _ _ round <<<"$row"
+      IFS='|' read -r n rps _ _ _ _ _ _ _ _ round <<<"$row"
       [ "$round" = "$r" ] || continue
       [ "$n" = "$1" ] && a=$rps
       [ "$n" = "$2" ] && b=$rps
@@ -249,15 +263,18 @@ echo "weir / nginx throughput (medians of the rounds): $(python3 -c "print(f'{$w
 echo "weir / nginx round by round, sorted: $(per_round "weir -> upstream" "nginx limit_req -> upstream")"
 printf '%s\n' "${pairs[@]}" | python3 -c "
 import sys, statistics
-r = sorted(float(a) / float(b) for a, b in (l.split() for l in sys.stdin if l.strip()))
+rows = [[float(x) for x in l.split()] for l in sys.stdin if l.strip()]
+r = sorted(a / b for a, _, b, _ in rows)
 q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
 print(f'weir / nginx, {len(r)} alternating pairs of ${PAIR_SECS} s (the goal): median {statistics.median(r):.3f}x, '
       f'quartiles {q[0]:.3f}-{q[2]:.3f}, {sum(x >= 1 for x in r)} of {len(r)} pairs at 1.0x or more')
-print('  pairs, sorted: ' + ' '.join(f'{x:.3f}' for x in r))"
+print('  pairs, sorted: ' + ' '.join(f'{x:.3f}' for x in r))
+print(f'  machine idle in the pairs (medians): under weir {statistics.median(x[1] for x in rows):.1f}%, under nginx {statistics.median(x[3] for x in rows):.1f}%')"
 echo "for reference, weir without identity fields / nginx: $(python3 -c "print(f'{$lr/$nr:.2f}x')")"
 echo "for reference, weir / nginx with the same limits and fields: $(python3 -c "print(f'{$wr/$fr:.2f}x')") (round by round: $(per_round "weir -> upstream" "nginx, same limits and fields -> upstream"))"
 echo "proxy CPU per request (medians): weir $(cpu_of "weir -> upstream") µs, nginx $(cpu_of "nginx limit_req -> upstream") µs, weir without identity fields $(cpu_of "weir, no identity fields -> upstream") µs, nginx with the same limits and fields $(cpu_of "nginx, same limits and fields -> upstream") µs"
 echo "upstream CPU per request (medians): sent as wrk sends it $(up_cpu_of "upstream directly") µs, sent weir's eight fields $(up_cpu_of "upstream directly, sent weir's eight fields") µs; behind weir $(up_cpu_of "weir -> upstream") µs, behind nginx $(up_cpu_of "nginx limit_req -> upstream") µs"
 echo "client (wrk) CPU per request (medians): against weir $(client_cpu_of "weir -> upstream") µs, against nginx $(client_cpu_of "nginx limit_req -> upstream") µs"
+echo "machine idle (medians): under weir $(idle_of "weir -> upstream")%, under nginx $(idle_of "nginx limit_req -> upstream")%, upstream directly $(idle_of "upstream directly")%"
 echo "headers weir sent:"; sed 's/^/    /' "$WORK/headers.txt"
 echo "headers nginx with the same limits and fields sent:"; sed 's/^/    /' "$WORK/headers-ngf.txt"

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Where a machine's idle time comes from, from a scheduler trace.
+
+Reads `perf script -F cpu,time,event,trace` of a trace recorded with
+`perf record -a -e sched:sched_switch,sched:sched_wakeup,sched:sched_wakeup_new,sched:sched_migrate_task`
+and replays each CPU's run queue: which task runs, which tasks wait. It prints the share of
+the CPUs' time spent idle, and the part of it when another CPU had a task waiting to run
+(idle that a better balanced placement would have used), with the tasks that waited then.
+
+Usage (during a load run):
+    perf record -q -a -e sched:sched_switch,sched:sched_wakeup,sched:sched_wakeup_new,sched:sched_migrate_task -o sched.data -- sleep 1
+    perf script -i sched.data -F cpu,time,event,trace | bench/idle-balance.py
+"""
+import collections
+import re
+import sys
+
+EVENT = re.compile(r"\[(\d+)\]\s+([\d.]+):\s+sched:(\w+): (.*)")
+FIELD = re.compile(r"(\w+)=(\S+)")
+
+
+def main():
+    running = {}  # cpu -> pid running (0: idle)
+    waiting = collections.defaultdict(dict)  # cpu -> {pid: comm} runnable, not running
+    queued_on = {}  # pid -> cpu whose queue it waits in
+    last = None
+    span = idle = both_idle = imbalanced = 0.0
+    waited = collections.Counter()  # comm -> CPU time idle elsewhere while it waited
+
+    def advance(t):
+        nonlocal last, span, idle, both_idle, imbalanced
+        if last is None:
+            last = t
+            return
+        dt, last = t - last, t
+        if len(running) < 2:  # until every CPU has been seen
+            return
+        span += dt
+        idle_cpus = [c for c, pid in running.items() if pid == 0]
+        idle += dt * len(idle_cpus)
+        if len(idle_cpus) == len(running):
+            both_idle += dt
+        for c in idle_cpus:
+            others = [o for o in running if o != c and waiting[o]]
+            if others:
+                imbalanced += dt
+                for comm in {comm for o in others for comm in waiting[o].values()}:
+                    waited[comm] += dt
+
+    for line in sys.stdin:
+        m = EVENT.match(line.strip())
+        if not m:
+            continue
+        cpu, t, event, fields = int(m[1]), float(m[2]), m[3], dict(FIELD.findall(m[4]))
+        advance(t)
+        if event == "sched_switch":
+            prev, nxt = int(fields["prev_pid"]), int(fields["next_pid"])
+            # A task switched out while runnable (preempted) keeps waiting on this CPU.
+            if prev != 0 and fields["prev_state"].startswith("R"):
+                waiting[cpu][prev] = fields["prev_comm"]
+                queued_on[prev] = cpu
+            q = queued_on.pop(nxt, None)
+            if q is not None:
+                waiting[q].pop(nxt, None)
+            running[cpu] = nxt
+        elif event in ("sched_wakeup", "sched_wakeup_new"):
+            pid, target = int(fields["pid"]), int(fields["target_cpu"])
+            if running.get(target) != pid:
+                q = queued_on.get(pid)
+                if q is not None:
+                    waiting[q].pop(pid, None)
+                waiting[target][pid] = fields["comm"]
+                queued_on[pid] = target
+        elif event == "sched_migrate_task":
+            pid, src, dst = int(fields["pid"]), int(fields["orig_cpu"]), int(fields["dest_cpu"])
+            if pid in waiting[src]:
+                waiting[dst][pid] = waiting[src].pop(pid)
+                queued_on[pid] = dst
+
+    if span == 0:
+        sys.exit("no scheduler events with every CPU seen: record with perf record -a")
+    cpus = len(running)
+    print(
+        f"{span:.3f} s on {cpus} CPUs: idle {idle / (cpus * span) * 100:.1f}% of CPU time; "
+        f"every CPU idle {both_idle / span * 100:.1f}% of the time; "
+        f"a CPU idle while another had a task waiting {imbalanced / (cpus * span) * 100:.1f}% of CPU time"
+    )
+    top = ", ".join(f"{comm} {t / (cpus * span) * 100:.2f}%" for comm, t in waited.most_common(6))
+    print(f"  tasks waiting meanwhile: {top or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
