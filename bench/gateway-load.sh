@@ -166,6 +166,9 @@ ticks() {
 }
 # Clock ticks of the whole machine: busy (everything but idle and iowait), then all of them.
 machine() { awk '/^cpu / {b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6}' /proc/stat; }
+# The share (%) of the machine's CPU time left idle between two readings of `machine`
+# (busy0 all0 busy1 all1).
+idle_pct() { python3 -c "print(f'{100 * (1 - ($3 - $1) / max($4 - $2, 1)):.1f}')"; }
 HZ=$(getconf CLK_TCK)
 per_req() { python3 -c "print(f'{$1 / $HZ / $2 * 1e6:.1f}')"; }
 run() { # name url extra-header proxy-pid (empty for the upstream itself) [wrk script]
@@ -184,9 +187,8 @@ run() { # name url extra-header proxy-pid (empty for the upstream itself) [wrk s
   local proxy="-"; [ -n "$4" ] && proxy=$(per_req $((p1 - p0)) "$n")
   local client
   client=$(tail -n1 <<<"$out" | awk -v n="$n" '{t = 0; for (i = 1; i <= 2; i++) {split($i, a, /[ms]/); t += a[1] * 60 + a[2]} printf "%.1f", t / n * 1e6}')
-  # The share of the machine's CPU time left idle during the run.
   local idle
-  idle=$(python3 -c "print(f'{100 * (1 - $((m1 - m0)) / max($((t1 - t0)), 1)):.1f}')")
+  idle=$(idle_pct "$m0" "$t0" "$m1" "$t1")
   echo "$1|$rps|$p50|$p99|$non2xx|$proxy|$(per_req $((u1 - u0)) "$n")|$client|$(per_req $((m1 - m0)) "$n")|$idle"
 }
 # Warm-up, then ROUNDS rounds of the six measurements back to back.
@@ -208,7 +210,7 @@ rps_of() {
   read -r m0 t0 < <(machine)
   rps=$(wrk -t2 -c"$CONNS" -d"${PAIR_SECS}s" -H "$2" "$1" | awk '/^Requests\/sec/ {print $2}')
   read -r m1 t1 < <(machine)
-  python3 -c "print(f'$rps {100 * (1 - $((m1 - m0)) / max($((t1 - t0)), 1)):.1f}')"
+  echo "$rps $(idle_pct "$m0" "$t0" "$m1" "$t1")"
 }
 pairs=()
 for i in $(seq "$PAIRS"); do
