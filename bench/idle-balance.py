@@ -5,7 +5,9 @@ Reads `perf script -F cpu,time,event,trace` of a trace recorded with
 `perf record -a -e sched:sched_switch,sched:sched_wakeup,sched:sched_wakeup_new,sched:sched_migrate_task`
 and replays each CPU's run queue: which task runs, which tasks wait. It prints the share of
 the CPUs' time spent idle, and the part of it when another CPU had a task waiting to run
-(idle that a better balanced placement would have used), with the tasks that waited then.
+(idle that a better balanced placement would have used), with the tasks that waited then
+and how each came to wait there: woken onto a CPU that was busy (while another CPU was idle,
+or not), preempted by another task, or moved there by the load balancer.
 
 Usage (during a load run):
     perf record -q -a -e sched:sched_switch,sched:sched_wakeup,sched:sched_wakeup_new,sched:sched_migrate_task -o sched.data -- sleep 1
@@ -21,11 +23,12 @@ FIELD = re.compile(r"(\w+)=(\S+)")
 
 def main():
     running = {}  # cpu -> pid running (0: idle)
-    waiting = collections.defaultdict(dict)  # cpu -> {pid: comm} runnable, not running
+    waiting = collections.defaultdict(dict)  # cpu -> {pid: (comm, how it came to wait)}
     queued_on = {}  # pid -> cpu whose queue it waits in
     last = None
     span = idle = both_idle = imbalanced = 0.0
     waited = collections.Counter()  # comm -> CPU time idle elsewhere while it waited
+    why = collections.Counter()  # how the waiting task came to wait -> that time
 
     def advance(t):
         nonlocal last, span, idle, both_idle, imbalanced
@@ -44,8 +47,10 @@ def main():
             others = [o for o in running if o != c and waiting[o]]
             if others:
                 imbalanced += dt
-                for comm in {comm for o in others for comm in waiting[o].values()}:
+                for comm in {comm for o in others for comm, _ in waiting[o].values()}:
                     waited[comm] += dt
+                for how in {how for o in others for _, how in waiting[o].values()}:
+                    why[how] += dt
 
     for line in sys.stdin:
         m = EVENT.match(line.strip())
@@ -57,7 +62,7 @@ def main():
             prev, nxt = int(fields["prev_pid"]), int(fields["next_pid"])
             # A task switched out while runnable (preempted) keeps waiting on this CPU.
             if prev != 0 and fields["prev_state"].startswith("R"):
-                waiting[cpu][prev] = fields["prev_comm"]
+                waiting[cpu][prev] = (fields["prev_comm"], "preempted")
                 queued_on[prev] = cpu
             q = queued_on.pop(nxt, None)
             if q is not None:
@@ -69,12 +74,14 @@ def main():
                 q = queued_on.get(pid)
                 if q is not None:
                     waiting[q].pop(pid, None)
-                waiting[target][pid] = fields["comm"]
+                other_idle = any(c != target and r == 0 for c, r in running.items())
+                how = "woken onto a busy CPU while another was idle" if other_idle else "woken onto a busy CPU"
+                waiting[target][pid] = (fields["comm"], how)
                 queued_on[pid] = target
         elif event == "sched_migrate_task":
             pid, src, dst = int(fields["pid"]), int(fields["orig_cpu"]), int(fields["dest_cpu"])
             if pid in waiting[src]:
-                waiting[dst][pid] = waiting[src].pop(pid)
+                waiting[dst][pid] = (waiting[src].pop(pid)[0], "moved by the balancer")
                 queued_on[pid] = dst
 
     if span == 0:
@@ -87,6 +94,8 @@ def main():
     )
     top = ", ".join(f"{comm} {t / (cpus * span) * 100:.2f}%" for comm, t in waited.most_common(6))
     print(f"  tasks waiting meanwhile: {top or 'none'}")
+    how = ", ".join(f"{k} {t / (cpus * span) * 100:.2f}%" for k, t in why.most_common())
+    print(f"  how they came to wait: {how or 'none'}")
 
 
 if __name__ == "__main__":
