@@ -1,23 +1,25 @@
 #!/usr/bin/env python3
 """Where a machine's idle time comes from, from a scheduler trace.
 
-Reads `perf script -F cpu,time,event,trace` of a trace recorded with
+Reads `perf script -F comm,cpu,time,event,trace` of a trace recorded with
 `perf record -a -e sched:sched_switch,sched:sched_wakeup,sched:sched_wakeup_new,sched:sched_migrate_task`
 and replays each CPU's run queue: which task runs, which tasks wait. It prints the share of
 the CPUs' time spent idle, and the part of it when another CPU had a task waiting to run
 (idle that a better balanced placement would have used), with the tasks that waited then
 and how each came to wait there: woken onto a CPU that was busy (while another CPU was idle,
-or not), preempted by another task, or moved there by the load balancer.
+or not), preempted by another task, or moved there by the load balancer. Last, the wake-ups
+that put a task on a busy CPU while another CPU was idle, by waker and wakee.
 
 Usage (during a load run):
     perf record -q -a -e sched:sched_switch,sched:sched_wakeup,sched:sched_wakeup_new,sched:sched_migrate_task -o sched.data -- sleep 1
-    perf script -i sched.data -F cpu,time,event,trace | bench/idle-balance.py
+    perf script -i sched.data -F comm,cpu,time,event,trace | bench/idle-balance.py
 """
 import collections
 import re
 import sys
 
-EVENT = re.compile(r"\[(\d+)\]\s+([\d.]+):\s+sched:(\w+): (.*)")
+# `comm` is the task running when the event fired: for a wake-up, the waker.
+EVENT = re.compile(r"(.*?)\s*\[(\d+)\]\s+([\d.]+):\s+sched:(\w+): (.*)")
 FIELD = re.compile(r"(\w+)=(\S+)")
 
 
@@ -29,6 +31,7 @@ def main():
     span = idle = both_idle = imbalanced = 0.0
     waited = collections.Counter()  # comm -> CPU time idle elsewhere while it waited
     why = collections.Counter()  # how the waiting task came to wait -> that time
+    misplaced = collections.Counter()  # (waker, wakee) -> wake-ups onto a busy CPU, another idle
 
     def advance(t):
         nonlocal last, span, idle, both_idle, imbalanced
@@ -56,7 +59,8 @@ def main():
         m = EVENT.match(line.strip())
         if not m:
             continue
-        cpu, t, event, fields = int(m[1]), float(m[2]), m[3], dict(FIELD.findall(m[4]))
+        waker = m[1].split()[0] if m[1] else "?"
+        cpu, t, event, fields = int(m[2]), float(m[3]), m[4], dict(FIELD.findall(m[5]))
         advance(t)
         if event == "sched_switch":
             prev, nxt = int(fields["prev_pid"]), int(fields["next_pid"])
@@ -76,6 +80,8 @@ def main():
                     waiting[q].pop(pid, None)
                 other_idle = any(c != target and r == 0 for c, r in running.items())
                 how = "woken onto a busy CPU while another was idle" if other_idle else "woken onto a busy CPU"
+                if other_idle and running.get(target, 0) != 0:
+                    misplaced[(waker, fields["comm"])] += 1
                 waiting[target][pid] = (fields["comm"], how)
                 queued_on[pid] = target
         elif event == "sched_migrate_task":
@@ -96,6 +102,8 @@ def main():
     print(f"  tasks waiting meanwhile: {top or 'none'}")
     how = ", ".join(f"{k} {t / (cpus * span) * 100:.2f}%" for k, t in why.most_common())
     print(f"  how they came to wait: {how or 'none'}")
+    pairs = ", ".join(f"{a} -> {b} {n}" for (a, b), n in misplaced.most_common(5))
+    print(f"  wake-ups onto a busy CPU while another was idle, waker -> wakee: {pairs or 'none'}")
 
 
 if __name__ == "__main__":
