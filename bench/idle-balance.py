@@ -7,7 +7,7 @@ and replays each CPU's run queue: which task runs, which tasks wait. It prints t
 the CPUs' time spent idle, and the part of it when another CPU had a task waiting to run
 (idle that a better balanced placement would have used), with the tasks that waited then
 and how each came to wait there: woken onto a CPU that was busy (while another CPU was idle,
-or not), preempted by another task, or moved there by the load balancer. Last, the wake-ups
+or not) or idle, preempted by another task, or moved there by the load balancer. Last, the wake-ups
 that put a task on a busy CPU while another CPU was idle, by waker and wakee.
 
 Usage (during a load run):
@@ -78,10 +78,13 @@ def main():
                 q = queued_on.get(pid)
                 if q is not None:
                     waiting[q].pop(pid, None)
-                other_idle = any(c != target and r == 0 for c, r in running.items())
-                how = "woken onto a busy CPU while another was idle" if other_idle else "woken onto a busy CPU"
-                if other_idle and running.get(target, 0) != 0:
+                if running.get(target, 0) == 0:
+                    how = "woken onto an idle CPU"  # waits only until that CPU switches to it
+                elif any(c != target and r == 0 for c, r in running.items()):
+                    how = "woken onto a busy CPU while another was idle"
                     misplaced[(waker, fields["comm"])] += 1
+                else:
+                    how = "woken onto a busy CPU"
                 waiting[target][pid] = (fields["comm"], how)
                 queued_on[pid] = target
         elif event == "sched_migrate_task":

@@ -505,7 +505,7 @@ async fn respond_with(
 /// the worker has served the other connections that are ready. Writing at the end of the
 /// round lets the worker finish what it can do first and the client wake to a batch of
 /// responses: on the 2-core benchmark, fewer involuntary context switches per request
-/// (about 0.40 against 0.46) and 1.7–3.9% more requests per second in A/B runs
+/// (about 0.40 against 0.46) and 1–3.9% more requests per second in A/B runs
 /// (`docs/BENCHMARKS.md`). The cost is a response's wait for the rest of the round, which
 /// tokio bounds at 61 task polls between two polls of the driver; when the worker has
 /// nothing else to do, one extra non-blocking poll of the driver.
