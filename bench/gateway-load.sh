@@ -10,12 +10,16 @@
 #       values fixed, as nginx has no counters to report): what weir's contract costs when
 #       nginx is asked to put the same bytes on the wire;
 #   (6) the upstream directly, sent the eight fields weir adds to every request it forwards
-#       (the same names and values, set by wrk): what those fields cost the upstream.
+#       (the same names and values, set by wrk): what those fields cost the upstream;
+#   (7) nginx as in (3), bare limit_req, but sending the upstream the eight fields weir adds
+#       (`proxy_set_header`, the identity as fixed values): what the part of the contract that
+#       is for the upstream costs nginx, with nothing for the client. After the goal's pairs,
+#       weir is measured against (7) in as many alternating pairs.
 # The goal (issue 5) is judged on (2) against (3), weir's defaults against bare limit_req.
 # The upstream is nginx returning a small JSON body. Needs: nginx, wrk (Debian packages
 # nginx-light or nginx, and wrk).
 # Usage: bench/gateway-load.sh [seconds] [connections] [rounds] [pairs] [pair-seconds]
-# Each round measures the five setups back to back; the table shows every round and the
+# Each round measures the seven setups back to back; the table shows every round and the
 # medians, and the ratio is of the medians (one round on a small shared machine is noisy).
 # Then the goal's two setups, (2) and (3), are measured in `pairs` short pairs (default 20 of
 # 3 s each), back to back in alternating order (weir first, then nginx first): a shared
@@ -48,9 +52,9 @@ WORK="$(mktemp -d)"
 trap 'kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null || true; pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); NG=$(free_port); WEIR=$(free_port); ADMIN=$(free_port)
-LEAN=$(free_port); LEAN_ADMIN=$(free_port); NGF=$(free_port)
+LEAN=$(free_port); LEAN_ADMIN=$(free_port); NGF=$(free_port); NGU=$(free_port)
 
-mkdir -p "$WORK/up" "$WORK/ng" "$WORK/ngf"
+mkdir -p "$WORK/up" "$WORK/ng" "$WORK/ngf" "$WORK/ngu"
 cat > "$WORK/up/nginx.conf" <<CONF
 daemon off; worker_processes 1; pid $WORK/up.pid; error_log $WORK/up/error.log;
 events { worker_connections 4096; }
@@ -58,18 +62,20 @@ http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$UP;
     location / { default_type application/json; return 200 '{"ok":true,"from":"upstream"}'; } } }
 CONF
-cat > "$WORK/ng/nginx.conf" <<CONF
-daemon off; worker_processes auto; $NGINX_PLACEMENT pid $WORK/ng.pid; error_log $WORK/ng/error.log;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  limit_req_zone \$binary_remote_addr zone=perip:10m rate=1000000r/s;
-  upstream up { server 127.0.0.1:$UP; keepalive 128; }
-  server { listen 127.0.0.1:$NG;
-    location / { limit_req zone=perip burst=1000000 nodelay; limit_req_status 429;
-      proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-CONF
-# (5): the values weir sends, in the same shapes (nginx's \$request_id is 32 hex digits,
-# weir's a UUID; the trace id is the request id, the parent id fixed).
+# (5) and (7): the eight fields weir adds to a forwarded request, as nginx directives, the
+# identity (key id, user, organisation, plan) given as $1..$4. The values are the ones weir
+# sends, in the same shapes (nginx's $request_id is 32 hex digits, weir's a UUID; the trace id
+# is the request id, the parent id fixed).
+upstream_fields() {
+  cat <<FIELDS
+proxy_set_header X-Weir-Key-Id $1; proxy_set_header X-Weir-User $2;
+      proxy_set_header X-Weir-Organisation $3; proxy_set_header X-Weir-Plan $4;
+      proxy_set_header X-Request-Id \$request_id;
+      proxy_set_header traceparent 00-\$request_id-22ee6fdb8442e38d-01;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+FIELDS
+}
 RESET=$(( $(date +%s) + 60 ))
 cat > "$WORK/ngf/nginx.conf" <<CONF
 daemon off; worker_processes auto; $NGINX_PLACEMENT pid $WORK/ngf.pid; error_log $WORK/ngf/error.log;
@@ -88,12 +94,7 @@ http { access_log off; keepalive_requests 1000000;
       if (\$key_id = "") { return 401; }
       limit_req zone=perorg burst=1000000 nodelay; limit_req zone=perip burst=1000000 nodelay;
       limit_req zone=peruser burst=1000000 nodelay; limit_req_status 429;
-      proxy_set_header X-Weir-Key-Id \$key_id; proxy_set_header X-Weir-User \$key_user;
-      proxy_set_header X-Weir-Organisation \$key_org; proxy_set_header X-Weir-Plan \$key_plan;
-      proxy_set_header X-Request-Id \$request_id;
-      proxy_set_header traceparent 00-\$request_id-22ee6fdb8442e38d-01;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
+      $(upstream_fields '$key_id' '$key_user' '$key_org' '$key_plan')
       add_header X-Request-Id \$request_id always;
       add_header X-RateLimit-Limit 100000000 always;
       add_header X-RateLimit-Remaining 99999999 always;
@@ -102,6 +103,23 @@ http { access_log off; keepalive_requests 1000000;
       add_header RateLimit '"org-minute";r=99999999;t=1, "ip-10s";r=99999999;t=1, "user-minute";r=99999999;t=1' always;
       proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
+# (3), and (7) with the eight fields: nginx with bare limit_req (per IP), in directory $1 on
+# port $2, with the directives $3 added to its location.
+bare_limit_req() {
+  cat > "$WORK/$1/nginx.conf" <<CONF
+daemon off; worker_processes auto; $NGINX_PLACEMENT pid $WORK/$1.pid; error_log $WORK/$1/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  limit_req_zone \$binary_remote_addr zone=perip:10m rate=1000000r/s;
+  upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server { listen 127.0.0.1:$2;
+    location / { limit_req zone=perip burst=1000000 nodelay; limit_req_status 429;
+      $3
+      proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+}
+bare_limit_req ng "$NG" ""
+bare_limit_req ngu "$NGU" "$(upstream_fields bench bench-user bench-org bench)"
 cat > "$WORK/weir.toml" <<CONF
 [server]
 listen = "127.0.0.1:$WEIR"
@@ -153,9 +171,10 @@ LUA
 nginx -c "$WORK/up/nginx.conf" -p "$WORK/up" & echo $! > "$WORK/up-master.pid"
 nginx -c "$WORK/ng/nginx.conf" -p "$WORK/ng" & echo $! > "$WORK/ng-master.pid"
 nginx -c "$WORK/ngf/nginx.conf" -p "$WORK/ngf" & echo $! > "$WORK/ngf-master.pid"
+nginx -c "$WORK/ngu/nginx.conf" -p "$WORK/ngu" & echo $! > "$WORK/ngu-master.pid"
 WEIR_LOG=warn ./target/release/weir serve --config "$WORK/weir.toml" > "$WORK/weir.log" 2>&1 & echo $! > "$WORK/weir.pid"
 WEIR_LOG=warn ./target/release/weir serve --config "$WORK/weir-lean.toml" > "$WORK/weir-lean.log" 2>&1 & echo $! > "$WORK/weir-lean.pid"
-for p in $UP $NG $WEIR $LEAN $NGF; do for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done; done
+for p in $UP $NG $WEIR $LEAN $NGF $NGU; do for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done; done
 
 # CPU time (clock ticks, user + system) of processes and their children, every thread.
 ticks() {
@@ -191,7 +210,7 @@ run() { # name url extra-header proxy-pid (empty for the upstream itself) [wrk s
   idle=$(idle_pct "$m0" "$t0" "$m1" "$t1")
   echo "$1|$rps|$p50|$p99|$non2xx|$proxy|$(per_req $((u1 - u0)) "$n")|$client|$(per_req $((m1 - m0)) "$n")|$idle"
 }
-# Warm-up, then ROUNDS rounds of the six measurements back to back.
+# Warm-up, then ROUNDS rounds of the seven measurements back to back.
 wrk -t1 -c8 -d2s -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" >/dev/null
 wrk -t1 -c8 -d2s -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$LEAN/v1/x" >/dev/null
 rows=()
@@ -202,6 +221,7 @@ for r in $(seq "$ROUNDS"); do
   rows+=("$(run "weir, no identity fields -> upstream" "http://127.0.0.1:$LEAN/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/weir-lean.pid")")|$r")
   rows+=("$(run "nginx, same limits and fields -> upstream" "http://127.0.0.1:$NGF/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/ngf-master.pid")")|$r")
   rows+=("$(run "upstream directly, sent weir's eight fields" "http://127.0.0.1:$UP/v1/x" "X-Bench: 1" "" "$WORK/fields.lua")|$r")
+  rows+=("$(run "nginx limit_req, sending weir's eight fields -> upstream" "http://127.0.0.1:$NGU/v1/x" "X-Bench: 1" "$(cat "$WORK/ngu-master.pid")")|$r")
 done
 # The alternating pairs: weir's and nginx's requests/s, each pair measured back to back.
 # Prints requests/s and the machine's idle share (%) during the run.
@@ -212,17 +232,23 @@ rps_of() {
   read -r m1 t1 < <(machine)
   echo "$rps $(idle_pct "$m0" "$t0" "$m1" "$t1")"
 }
-pairs=()
-for i in $(seq "$PAIRS"); do
-  if (( i % 2 )); then
-    a=$(rps_of "http://127.0.0.1:$WEIR/v1/x" "Authorization: Bearer bench-key")
-    b=$(rps_of "http://127.0.0.1:$NG/v1/x" "X-Bench: 1")
-  else
-    b=$(rps_of "http://127.0.0.1:$NG/v1/x" "X-Bench: 1")
-    a=$(rps_of "http://127.0.0.1:$WEIR/v1/x" "Authorization: Bearer bench-key")
-  fi
-  pairs+=("$a $b")
-done
+# `PAIRS` pairs of weir and the nginx setup on port $1, one line each: weir's requests/s and
+# idle share, then nginx's.
+alternate() {
+  local i a b
+  for i in $(seq "$PAIRS"); do
+    if (( i % 2 )); then
+      a=$(rps_of "http://127.0.0.1:$WEIR/v1/x" "Authorization: Bearer bench-key")
+      b=$(rps_of "http://127.0.0.1:$1/v1/x" "X-Bench: 1")
+    else
+      b=$(rps_of "http://127.0.0.1:$1/v1/x" "X-Bench: 1")
+      a=$(rps_of "http://127.0.0.1:$WEIR/v1/x" "Authorization: Bearer bench-key")
+    fi
+    echo "$a $b"
+  done
+}
+pairs=$(alternate "$NG")
+pairs_fields=$(alternate "$NGU")
 curl -s -D - -o /dev/null -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" | grep -iE '^(x-ratelimit|ratelimit|x-request-id)' > "$WORK/headers.txt" || true
 curl -s -D - -o /dev/null -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$NGF/v1/x" | grep -iE '^(x-ratelimit|ratelimit|x-request-id)' > "$WORK/headers-ngf.txt" || true
 
@@ -245,6 +271,7 @@ client_cpu_of() { col_of "$1" 7; }
 idle_of() { col_of "$1" 9; }
 ud=$(med_of "upstream directly"); wr=$(med_of "weir -> upstream"); nr=$(med_of "nginx limit_req -> upstream")
 lr=$(med_of "weir, no identity fields -> upstream"); fr=$(med_of "nginx, same limits and fields -> upstream")
+ur=$(med_of "nginx limit_req, sending weir's eight fields -> upstream")
 # The ratio of two setups round by round (measured back to back in each), sorted: its spread
 # is how far one run of this script can be trusted on this machine.
 per_round() {
@@ -260,22 +287,28 @@ per_round() {
   done | sort -n | tr '\n' ' '
 }
 echo
-echo "medians: upstream directly $ud, weir $wr, nginx $nr, weir without identity fields $lr, nginx with the same limits and fields $fr requests/s"
+echo "medians: upstream directly $ud, weir $wr, nginx $nr, weir without identity fields $lr, nginx with the same limits and fields $fr, nginx sending weir's eight fields $ur requests/s"
 echo "weir / nginx throughput (medians of the rounds): $(python3 -c "print(f'{$wr/$nr:.2f}x')")"
 echo "weir / nginx round by round, sorted: $(per_round "weir -> upstream" "nginx limit_req -> upstream")"
-printf '%s\n' "${pairs[@]}" | python3 -c "
+# The pairs in $2 (lines of `alternate`) summed up under the title $1.
+summarize() {
+  python3 -c "
 import sys, statistics
 rows = [[float(x) for x in l.split()] for l in sys.stdin if l.strip()]
 r = sorted(a / b for a, _, b, _ in rows)
 q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
-print(f'weir / nginx, {len(r)} alternating pairs of ${PAIR_SECS} s (the goal): median {statistics.median(r):.3f}x, '
+print(f'{sys.argv[1]}, {len(r)} alternating pairs of ${PAIR_SECS} s: median {statistics.median(r):.3f}x, '
       f'quartiles {q[0]:.3f}-{q[2]:.3f}, {sum(x >= 1 for x in r)} of {len(r)} pairs at 1.0x or more')
 print('  pairs, sorted: ' + ' '.join(f'{x:.3f}' for x in r))
-print(f'  machine idle in the pairs (medians): under weir {statistics.median(x[1] for x in rows):.1f}%, under nginx {statistics.median(x[3] for x in rows):.1f}%')"
+print(f'  machine idle in the pairs (medians): under weir {statistics.median(x[1] for x in rows):.1f}%, under nginx {statistics.median(x[3] for x in rows):.1f}%')" "$1" <<<"$2"
+}
+summarize "weir / nginx (the goal)" "$pairs"
 echo "for reference, weir without identity fields / nginx: $(python3 -c "print(f'{$lr/$nr:.2f}x')")"
 echo "for reference, weir / nginx with the same limits and fields: $(python3 -c "print(f'{$wr/$fr:.2f}x')") (round by round: $(per_round "weir -> upstream" "nginx, same limits and fields -> upstream"))"
-echo "proxy CPU per request (medians): weir $(cpu_of "weir -> upstream") µs, nginx $(cpu_of "nginx limit_req -> upstream") µs, weir without identity fields $(cpu_of "weir, no identity fields -> upstream") µs, nginx with the same limits and fields $(cpu_of "nginx, same limits and fields -> upstream") µs"
-echo "upstream CPU per request (medians): sent as wrk sends it $(up_cpu_of "upstream directly") µs, sent weir's eight fields $(up_cpu_of "upstream directly, sent weir's eight fields") µs; behind weir $(up_cpu_of "weir -> upstream") µs, behind nginx $(up_cpu_of "nginx limit_req -> upstream") µs"
+echo "for reference, weir / nginx limit_req sending weir's eight fields: $(python3 -c "print(f'{$wr/$ur:.2f}x')") (round by round: $(per_round "weir -> upstream" "nginx limit_req, sending weir's eight fields -> upstream"))"
+summarize "  and in pairs, weir / nginx limit_req sending weir's eight fields" "$pairs_fields"
+echo "proxy CPU per request (medians): weir $(cpu_of "weir -> upstream") µs, nginx $(cpu_of "nginx limit_req -> upstream") µs, weir without identity fields $(cpu_of "weir, no identity fields -> upstream") µs, nginx with the same limits and fields $(cpu_of "nginx, same limits and fields -> upstream") µs, nginx sending weir's eight fields $(cpu_of "nginx limit_req, sending weir's eight fields -> upstream") µs"
+echo "upstream CPU per request (medians): sent as wrk sends it $(up_cpu_of "upstream directly") µs, sent weir's eight fields $(up_cpu_of "upstream directly, sent weir's eight fields") µs; behind weir $(up_cpu_of "weir -> upstream") µs, behind nginx $(up_cpu_of "nginx limit_req -> upstream") µs, behind nginx sending weir's eight fields $(up_cpu_of "nginx limit_req, sending weir's eight fields -> upstream") µs"
 echo "client (wrk) CPU per request (medians): against weir $(client_cpu_of "weir -> upstream") µs, against nginx $(client_cpu_of "nginx limit_req -> upstream") µs"
 echo "machine idle (medians): under weir $(idle_of "weir -> upstream")%, under nginx $(idle_of "nginx limit_req -> upstream")%, upstream directly $(idle_of "upstream directly")%"
 echo "headers weir sent:"; sed 's/^/    /' "$WORK/headers.txt"
