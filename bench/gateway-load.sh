@@ -213,9 +213,9 @@ run() { # name url extra-header proxy-pid (empty for the upstream itself) [wrk s
 # Warm-up, then ROUNDS rounds of the seven measurements back to back. The order puts a proxy
 # before each of the goal's two setups, and swaps them from round to round: a run inherits how
 # the scheduler has placed the upstream and the proxies in the run before it, and both proxies
-# idle more after the upstream alone (session 21: 3.55% against 2.45% for weir after nginx,
-# 3.9% against 1.95% for nginx after weir, 8 runs each), so neither may always come second to
-# the upstream alone.
+# idle more after the upstream alone (session 21, 8 runs each: weir idled 3.55% after the
+# upstream alone against 2.45% after nginx, nginx 3.9% against 1.95% after weir), so neither
+# may always come right after the upstream alone.
 wrk -t1 -c8 -d2s -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" >/dev/null
 wrk -t1 -c8 -d2s -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$LEAN/v1/x" >/dev/null
 rows=()
