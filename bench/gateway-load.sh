@@ -219,15 +219,20 @@ run() { # name url extra-header proxy-pid (empty for the upstream itself) [wrk s
 wrk -t1 -c8 -d2s -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$WEIR/v1/x" >/dev/null
 wrk -t1 -c8 -d2s -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$LEAN/v1/x" >/dev/null
 rows=()
-goal_weir() { rows+=("$(run "weir -> upstream" "http://127.0.0.1:$WEIR/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/weir.pid")")|$1"); }
-goal_nginx() { rows+=("$(run "nginx limit_req -> upstream" "http://127.0.0.1:$NG/v1/x" "X-Bench: 1" "$(cat "$WORK/ng-master.pid")")|$1"); }
+# One measured run in round $1 (the rest as `run` takes them), added to the table.
+row() { local r=$1; shift; rows+=("$(run "$@")|$r"); }
 for r in $(seq "$ROUNDS"); do
-  rows+=("$(run "upstream directly" "http://127.0.0.1:$UP/v1/x" "X-Bench: 1" "")|$r")
-  rows+=("$(run "upstream directly, sent weir's eight fields" "http://127.0.0.1:$UP/v1/x" "X-Bench: 1" "" "$WORK/fields.lua")|$r")
-  rows+=("$(run "nginx, same limits and fields -> upstream" "http://127.0.0.1:$NGF/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/ngf-master.pid")")|$r")
-  rows+=("$(run "weir, no identity fields -> upstream" "http://127.0.0.1:$LEAN/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/weir-lean.pid")")|$r")
-  if (( r % 2 )); then goal_weir "$r"; goal_nginx "$r"; else goal_nginx "$r"; goal_weir "$r"; fi
-  rows+=("$(run "nginx limit_req, sending weir's eight fields -> upstream" "http://127.0.0.1:$NGU/v1/x" "X-Bench: 1" "$(cat "$WORK/ngu-master.pid")")|$r")
+  row "$r" "upstream directly" "http://127.0.0.1:$UP/v1/x" "X-Bench: 1" ""
+  row "$r" "upstream directly, sent weir's eight fields" "http://127.0.0.1:$UP/v1/x" "X-Bench: 1" "" "$WORK/fields.lua"
+  row "$r" "nginx, same limits and fields -> upstream" "http://127.0.0.1:$NGF/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/ngf-master.pid")"
+  row "$r" "weir, no identity fields -> upstream" "http://127.0.0.1:$LEAN/v1/x" "Authorization: Bearer bench-key" "$(cat "$WORK/weir-lean.pid")"
+  goal=(
+    "weir -> upstream|http://127.0.0.1:$WEIR/v1/x|Authorization: Bearer bench-key|$(cat "$WORK/weir.pid")"
+    "nginx limit_req -> upstream|http://127.0.0.1:$NG/v1/x|X-Bench: 1|$(cat "$WORK/ng-master.pid")"
+  )
+  (( r % 2 )) || goal=("${goal[1]}" "${goal[0]}")
+  for g in "${goal[@]}"; do IFS='|' read -r n u h pid <<<"$g"; row "$r" "$n" "$u" "$h" "$pid"; done
+  row "$r" "nginx limit_req, sending weir's eight fields -> upstream" "http://127.0.0.1:$NGU/v1/x" "X-Bench: 1" "$(cat "$WORK/ngu-master.pid")"
 done
 # The alternating pairs: weir's and nginx's requests/s, each pair measured back to back.
 # Prints requests/s and the machine's idle share (%) during the run.
