@@ -25,7 +25,10 @@
 # 3 s each), back to back in alternating order (weir first, then nginx first): a shared
 # machine's speed drifts by more than the difference being measured over a round of ten-second
 # runs, and two runs a few seconds apart see the same machine. The goal's figure is the
-# median of the pairs' ratios, shown with its quartiles and how many pairs reached 1.0.
+# median of the pairs' ratios, shown with its quartiles, how many pairs reached 1.0, and the
+# exact distribution-free ~95% interval of that median with what it says of the goal (above
+# 1.0x, below it, or not distinguishable from it): bench/pairs.py, which also pools the pairs
+# of several saved runs (`bench/pairs.py pool OUTPUT...`).
 # Placement: both run with their defaults, the operating system placing the workers. To see
 # what pinning does, WEIR_AFFINITY=auto pins weir's workers (`server.cpu_affinity`), and
 # NGINX_AFFINITY=auto pins nginx's (`worker_cpu_affinity auto`).
@@ -302,17 +305,7 @@ echo "medians: upstream directly $ud, weir $wr, nginx $nr, weir without identity
 echo "weir / nginx throughput (medians of the rounds): $(python3 -c "print(f'{$wr/$nr:.2f}x')")"
 echo "weir / nginx round by round, sorted: $(per_round "weir -> upstream" "nginx limit_req -> upstream")"
 # The pairs in $2 (lines of `alternate`) summed up under the title $1.
-summarize() {
-  python3 -c "
-import sys, statistics
-rows = [[float(x) for x in l.split()] for l in sys.stdin if l.strip()]
-r = sorted(a / b for a, _, b, _ in rows)
-q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
-print(f'{sys.argv[1]}, {len(r)} alternating pairs of ${PAIR_SECS} s: median {statistics.median(r):.3f}x, '
-      f'quartiles {q[0]:.3f}-{q[2]:.3f}, {sum(x >= 1 for x in r)} of {len(r)} pairs at 1.0x or more')
-print('  pairs, sorted: ' + ' '.join(f'{x:.3f}' for x in r))
-print(f'  machine idle in the pairs (medians): under weir {statistics.median(x[1] for x in rows):.1f}%, under nginx {statistics.median(x[3] for x in rows):.1f}%')" "$1" <<<"$2"
-}
+summarize() { python3 bench/pairs.py summarize "$1" "$PAIR_SECS" <<<"$2"; }
 summarize "weir / nginx (the goal)" "$pairs"
 echo "for reference, weir without identity fields / nginx: $(python3 -c "print(f'{$lr/$nr:.2f}x')")"
 echo "for reference, weir / nginx with the same limits and fields: $(python3 -c "print(f'{$wr/$fr:.2f}x')") (round by round: $(per_round "weir -> upstream" "nginx, same limits and fields -> upstream"))"
