@@ -141,6 +141,8 @@ struct RawServer {
     response_write_timeout: String,
     #[serde(default = "yes")]
     batch_response_writes: bool,
+    #[serde(default = "yes")]
+    yield_before_sleep: bool,
     #[serde(default)]
     identity_headers: RawIdentityHeaders,
 }
@@ -202,6 +204,7 @@ impl Default for RawServer {
             body_read_timeout: default_body_timeout(),
             response_write_timeout: default_write_timeout(),
             batch_response_writes: true,
+            yield_before_sleep: true,
             identity_headers: RawIdentityHeaders::default(),
         }
     }
@@ -612,6 +615,12 @@ pub struct Config {
     /// thread has run (see `h1::conn::after_round`): the client woken by the response then
     /// does not cut into the worker's round, for a wait of at most that round.
     pub batch_response_writes: bool,
+    /// Whether a worker with nothing left to run gives its CPU once to the other tasks
+    /// queued on it (`sched_yield`) before it sleeps in the kernel's event wait: on a machine
+    /// it shares with its clients or its upstream, the task it lets run is often the one
+    /// about to hand it more work, which it then finds without sleeping and being woken
+    /// (see `server::worker_runtime`).
+    pub yield_before_sleep: bool,
     /// The names of the fields that tell the upstream who is calling.
     pub identity_headers: IdentityHeaders,
     /// Store.
@@ -1129,6 +1138,7 @@ impl Config {
                 &s.response_write_timeout,
             )?,
             batch_response_writes: s.batch_response_writes,
+            yield_before_sleep: s.yield_before_sleep,
             identity_headers: identity_names,
             store,
             idempotency,
@@ -1194,6 +1204,14 @@ mod tests {
         let e =
             Config::parse("[server]\nbatch_response_writes = \"yes\"\n").expect_err("not a bool");
         assert_eq!(e.path, "server.batch_response_writes");
+        assert!(Config::parse("").expect("defaults").yield_before_sleep);
+        assert!(
+            !Config::parse("[server]\nyield_before_sleep = false\n")
+                .expect("off")
+                .yield_before_sleep
+        );
+        let e = Config::parse("[server]\nyield_before_sleep = 1\n").expect_err("not a bool");
+        assert_eq!(e.path, "server.yield_before_sleep");
         let e = Config::parse("[server]\ncpu_affinity = \"all\"\n").expect_err("unknown affinity");
         assert_eq!(e.path, "server.cpu_affinity");
         assert!(e.to_string().contains("\"auto\" or \"none\""), "{e}");

@@ -4,7 +4,7 @@
 //! A tokio timer per exchange is inserted into the runtime's timer wheel when the exchange
 //! first waits and removed when it ends (atomic operations on the timer's state, and the
 //! wheel's lock), for timeouts that almost never fire: measured, this table saves about 1%
-//! of the gateway's instructions per request (`docs/BENCHMARKS.md`). Here
+//! of the gateway's instructions per request (`docs/benchmarks-history.md`, session 8). Here
 //! an exchange notes its deadline and waker in the thread's table (a slot taken and given
 //! back, no lock), and one ticker task per thread, running only while exchanges are in
 //! flight, wakes those whose deadline has passed every [`TICK`]. A timeout so fires between
