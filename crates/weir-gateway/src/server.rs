@@ -293,8 +293,10 @@ impl Server {
 /// of them is often queued on the worker's own CPU. Sleeping hands it the CPU too, but the
 /// worker must then be woken by the bytes it produces, and a woken task is placed where the
 /// kernel sees fit, which on a small machine leaves one CPU idle while tasks queue on the
-/// other (`docs/benchmarks-history.md`, session 20; `docs/BENCHMARKS.md`, session 24). Yielding lets that process run first;
-/// the worker stays runnable and finds its new work in the non-sleeping wait that follows.
+/// other (`docs/benchmarks-history.md`, session 20; `docs/BENCHMARKS.md`, session 24).
+/// Yielding lets that process run first; the worker stays runnable, and when it next asks
+/// the kernel for events, the work that process made for it is already there, so the wait
+/// returns at once instead of sleeping.
 /// On the 2-core benchmark machine this cut the workers' sleeps tenfold (0.07 to 0.007 per
 /// request) and the machine's idle time from about 4% to 2–3%, for about 1% more requests
 /// served: small, but 90 of 148 alternating pairs went its way. Where nothing else is queued

@@ -79,7 +79,8 @@ impl Sender {
     ///
     /// One slice (the common case: a whole small response in one buffer) goes out with
     /// `send`, two with `writev`: the kernel's `writev` first copies in and checks the
-    /// vector, about 60-90 ns more per call on loopback (`docs/benchmarks-history.md`, session 22).
+    /// vector, about 60-90 ns more per call on loopback (`docs/benchmarks-history.md`,
+    /// session 22).
     async fn write_all(&self, mut first: &[u8], mut second: &[u8]) -> std::io::Result<bool> {
         let mut waited = false;
         while !first.is_empty() || !second.is_empty() {
@@ -517,9 +518,10 @@ async fn respond_with(
 /// round lets the worker finish what it can do first and the client wake to a batch of
 /// responses: on the 2-core benchmark, fewer involuntary context switches per request
 /// (about 0.40 against 0.46) and 1–3.9% more requests per second in A/B runs
-/// (`docs/benchmarks-history.md`, sessions 19 and 20). The cost is a response's wait for the rest of the round, which
-/// tokio bounds at 61 task polls between two polls of the driver; when the worker has
-/// nothing else to do, one extra non-blocking poll of the driver.
+/// (`docs/benchmarks-history.md`, sessions 19 and 20). The cost is a response's wait for
+/// the rest of the round, which tokio bounds at 61 task polls between two polls of the
+/// driver; when the worker has nothing else to do, one extra non-blocking poll of the
+/// driver.
 async fn after_round(batch: bool) {
     if batch {
         tokio::task::yield_now().await;

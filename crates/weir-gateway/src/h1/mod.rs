@@ -3,10 +3,11 @@
 //!
 //! Why not hyper's server: on the proxy's hot path hyper's dispatcher, per-request timer
 //! and body channel were about a third of weir's user CPU per request
-//! (`docs/benchmarks-history.md`, session 6). This one does only what a gateway in front of an API needs —
-//! keep-alive, pipelining (answered in order), `Content-Length` and chunked bodies both
-//! ways, `Expect: 100-continue`, HTTP/1.0 clients, a head-read timeout, graceful drain —
-//! and refuses the rest in the contract's envelope (protocol upgrades are not forwarded).
+//! (`docs/benchmarks-history.md`, session 6). This one does only what a gateway in front
+//! of an API needs — keep-alive, pipelining (answered in order), `Content-Length` and
+//! chunked bodies both ways, `Expect: 100-continue`, HTTP/1.0 clients, a head-read
+//! timeout, graceful drain — and refuses the rest in the contract's envelope (protocol
+//! upgrades are not forwarded).
 //! The admin listener stays on hyper (through axum).
 
 pub mod body;
