@@ -311,12 +311,14 @@ pub(crate) fn worker_runtime(yield_before_sleep: bool) -> std::io::Result<tokio:
     builder.build()
 }
 
+#[cfg(test)]
 thread_local! {
-    /// How many times this thread's runtime has yielded before parking (for tests).
+    /// How many times this thread's runtime has yielded before parking (tests only).
     static YIELDS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 fn yield_before_park() {
+    #[cfg(test)]
     YIELDS.with(|y| y.set(y.get() + 1));
     std::thread::yield_now();
 }
